@@ -1,0 +1,288 @@
+//! Getting notifications to sockets: live delivery in id order, catch-up from the store,
+//! and recovery of sockets that fell behind.
+//!
+//! The guarantee: a client that follows the cursor rule in `docs/PROTOCOL.md` never misses
+//! a notification. Three mechanisms give it:
+//! - A socket joins its rooms *before* its catch-up reads the store, so whatever commits
+//!   after the read is delivered live, and whatever committed before is in the catch-up.
+//! - Live notifications are emitted one socket at a time. When a socket's buffer is full
+//!   (a slow client), the socket is marked lagging from that id: nothing more is emitted to
+//!   it live, and a recovery catch-up from that id runs once it has room again.
+//! - Only one catch-up runs per socket at a time, and every catch-up ends with `synced`.
+
+use crate::state::SharedState;
+use crate::store::Committed;
+use belfry_protocol::events::{self, SyncBatch, Synced};
+use belfry_protocol::{Notification, Target, TopicPatterns};
+use serde::Serialize;
+use socketioxide::extract::SocketRef;
+use socketioxide::{SendError, SocketError};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Room names. A room is named like the target it serves (`user:<id>`, `topic:<name>`,
+/// `all`), so a notification's targets are its rooms.
+pub mod rooms {
+    /// The room of one user's devices.
+    pub fn user(id: &str) -> String {
+        format!("user:{id}")
+    }
+    /// The room of a topic's subscribers.
+    pub fn topic(name: &str) -> String {
+        format!("topic:{name}")
+    }
+    /// The room of every subscriber socket.
+    pub const ALL: &str = "all";
+}
+
+/// How long a catch-up waits for a full socket buffer to drain before giving up on the
+/// socket (the heartbeat then closes it).
+const STALLED_AFTER: Duration = Duration::from_secs(30);
+
+/// What the hub keeps per subscriber socket (in the socket's extensions).
+#[derive(Debug)]
+pub struct Session {
+    /// The user.
+    pub user: String,
+    /// The topics the socket's token allows.
+    pub allowed: TopicPatterns,
+    /// The token's claims, for operations made over this socket.
+    pub claims: crate::auth::UserClaims,
+    /// The per-socket event rate limit. Held for a few instructions only.
+    pub events: Mutex<crate::rate_limit::TokenBucket>,
+    /// The first id a live emit could not hand over, while the socket is lagging. A std
+    /// mutex: live delivery checks and emits under it (no await), so a recovery that
+    /// clears it can never interleave with a half-done emit.
+    lag: Mutex<Option<u64>>,
+    /// Held for the whole of a catch-up, so catch-ups never interleave on one socket.
+    catching_up: tokio::sync::Mutex<()>,
+}
+
+impl Session {
+    /// A session for a verified token.
+    pub fn new(claims: crate::auth::UserClaims, limits: &crate::config::Limits) -> Self {
+        Self {
+            user: claims.sub.clone(),
+            allowed: claims.allowed_topics(),
+            events: Mutex::new(crate::rate_limit::TokenBucket::new(
+                limits.socket_event_rate,
+                limits.socket_event_burst,
+            )),
+            claims,
+            lag: Mutex::new(None),
+            catching_up: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lag(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.lag.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The session of a socket, if it authenticated.
+pub fn session(socket: &SocketRef) -> Option<Arc<Session>> {
+    socket.extensions.get::<Arc<Session>>()
+}
+
+/// The delivery task: emits what the writer committed, in id order.
+pub async fn run(state: SharedState, mut committed: mpsc::Receiver<Vec<Committed>>) {
+    while let Some(batch) = committed.recv().await {
+        for c in batch {
+            deliver(&state, &c);
+        }
+    }
+    tracing::debug!("delivery stopped");
+}
+
+fn deliver(state: &SharedState, c: &Committed) {
+    let rooms: Vec<String> = c.targets.iter().map(Target::to_string).collect();
+    let sockets = state.io.to(rooms).sockets();
+    if !sockets.is_empty() {
+        // Serialize once; each socket's emit then copies the raw text.
+        let raw = match serde_json::value::to_raw_value(&c.notification) {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::error!(error = %e, id = c.notification.id, "cannot serialize");
+                return;
+            }
+        };
+        let mut delivered = 0u64;
+        for socket in sockets {
+            let Some(session) = session(&socket) else {
+                continue;
+            };
+            if emit_live(state, &socket, &session, c.notification.id, &raw) {
+                delivered += 1;
+            }
+        }
+        state.metrics.deliveries_total.fetch_add(delivered, Relaxed);
+    }
+    state.metrics.observe_publish_to_emit(c.received.elapsed());
+}
+
+/// Emits one live notification to one socket; on a full buffer, marks the socket lagging
+/// and starts its recovery. Returns whether the socket took it.
+fn emit_live(
+    state: &SharedState,
+    socket: &SocketRef,
+    session: &Arc<Session>,
+    id: u64,
+    raw: &serde_json::value::RawValue,
+) -> bool {
+    let mut lag = session.lag();
+    if lag.is_some() {
+        // Falling behind: its recovery catch-up will include this one.
+        return false;
+    }
+    match socket.emit(events::NOTIFICATION, raw) {
+        Ok(()) => true,
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+            *lag = Some(id);
+            drop(lag);
+            state.metrics.lagged_total.fetch_add(1, Relaxed);
+            tracing::debug!(sid = %socket.id, id, "socket fell behind; recovering by catch-up");
+            let (state, socket, session) = (state.clone(), socket.clone(), session.clone());
+            tokio::spawn(async move {
+                if let Err(e) = catch_up(&state, &socket, &session, CatchUpFrom::Lag).await {
+                    tracing::debug!(sid = %socket.id, error = %e, "recovery ended");
+                }
+            });
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Where a catch-up starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUpFrom {
+    /// After this cursor; `None`: the newest unread (a first connection).
+    Cursor(Option<u64>),
+    /// From the first id a lagging socket missed.
+    Lag,
+}
+
+/// Why a catch-up stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    /// The socket closed, or stayed full for too long.
+    #[error("socket gone or stalled")]
+    SocketGone,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] belfry_protocol::ErrorBody),
+}
+
+impl From<crate::store::StoreError> for CatchUpError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CatchUpError::Store(e.into())
+    }
+}
+
+/// Emits an event, waiting while the socket's buffer is full (catch-up traffic is paced
+/// by the client's reading speed instead of being dropped).
+async fn emit_paced<T: Serialize + ?Sized>(
+    socket: &SocketRef,
+    event: &str,
+    data: &T,
+) -> Result<(), CatchUpError> {
+    let give_up = Instant::now() + STALLED_AFTER;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match socket.emit(event, data) {
+            Ok(()) => return Ok(()),
+            Err(SendError::Socket(SocketError::InternalChannelFull))
+                if Instant::now() < give_up =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(SendError::Serialize(e)) => {
+                tracing::error!(error = %e, "cannot serialize a catch-up batch");
+                return Err(CatchUpError::SocketGone);
+            }
+            Err(_) => {
+                if socket.connected() {
+                    tracing::info!(sid = %socket.id, "socket stalled during catch-up; disconnecting");
+                    let _ = socket.clone().disconnect();
+                }
+                return Err(CatchUpError::SocketGone);
+            }
+        }
+    }
+}
+
+async fn emit_batch(
+    state: &SharedState,
+    socket: &SocketRef,
+    notifications: Vec<Notification>,
+    more: bool,
+) -> Result<(), CatchUpError> {
+    let n = notifications.len() as u64;
+    emit_paced(
+        socket,
+        events::SYNC,
+        &SyncBatch {
+            notifications,
+            more,
+        },
+    )
+    .await?;
+    state.metrics.catch_up_batches_total.fetch_add(1, Relaxed);
+    state
+        .metrics
+        .catch_up_notifications_total
+        .fetch_add(n, Relaxed);
+    Ok(())
+}
+
+/// Sends a socket everything visible to its user after `from`, in `sync` batches, then
+/// `synced`. The socket must already be in its rooms.
+pub async fn catch_up(
+    state: &SharedState,
+    socket: &SocketRef,
+    session: &Session,
+    from: CatchUpFrom,
+) -> Result<(), CatchUpError> {
+    let _one_at_a_time = session.catching_up.lock().await;
+    if !socket.connected() {
+        return Err(CatchUpError::SocketGone);
+    }
+    let viewer = state.viewer(&session.user, &session.allowed).await?;
+    let batch = state.config.limits.catch_up_batch;
+    let mut cursor = match from {
+        CatchUpFrom::Cursor(Some(cursor)) => cursor,
+        CatchUpFrom::Cursor(None) => {
+            let unread = state
+                .store
+                .unread(&viewer, crate::store::UNREAD_ON_FIRST_CONNECT)
+                .await?;
+            emit_batch(state, socket, unread, false).await?;
+            let head = state.store.head().await?;
+            return emit_paced(socket, events::SYNCED, &Synced { head }).await;
+        }
+        CatchUpFrom::Lag => {
+            // An empty batch first: it tells the client a catch-up is running, so it stops
+            // advancing its cursor on live notifications until `synced`. Only then may
+            // live delivery resume.
+            emit_batch(state, socket, Vec::new(), true).await?;
+            match session.lag().take() {
+                Some(first_missed) => first_missed.saturating_sub(1),
+                None => return Ok(()),
+            }
+        }
+    };
+    loop {
+        let page = state.store.page(&viewer, cursor, batch).await?;
+        let more = page.more;
+        emit_batch(state, socket, page.notifications, more).await?;
+        match page.last_id {
+            Some(last) if more => cursor = last,
+            _ => break,
+        }
+    }
+    let head = state.store.head().await?;
+    emit_paced(socket, events::SYNCED, &Synced { head }).await
+}

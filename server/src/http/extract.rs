@@ -1,0 +1,144 @@
+//! Request extractors: bearer credentials (user token or publish key) and a JSON body
+//! reader whose every failure is a stable error code.
+
+use crate::auth::UserClaims;
+use crate::error::ApiError;
+use crate::state::SharedState;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{StatusCode, header, request::Parts};
+use belfry_protocol::{ErrorBody, ErrorCode};
+use serde::de::DeserializeOwned;
+
+/// The `Authorization: Bearer <credential>` value, if any.
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+}
+
+/// A request authenticated with a user token.
+#[derive(Debug, Clone)]
+pub struct User(pub UserClaims);
+
+impl FromRequestParts<SharedState> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "send a user token: Authorization: Bearer <token>",
+            )
+        })?;
+        if state.keys.check(token).is_some() {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "this is a publish key; this endpoint needs a user token",
+            ));
+        }
+        let claims = state.tokens.verify(token).map_err(ErrorBody::from)?;
+        Ok(User(claims))
+    }
+}
+
+/// A request authenticated with a publish key (the key's index).
+#[derive(Debug, Clone, Copy)]
+pub struct Publisher(pub usize);
+
+impl Publisher {
+    /// Checks a publish key taken from any header.
+    pub fn check(state: &SharedState, key: Option<&str>) -> Result<Self, ApiError> {
+        let key = key.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "send a publish key: Authorization: Bearer <publish key>",
+            )
+        })?;
+        match state.keys.check(key) {
+            Some(index) => Ok(Publisher(index)),
+            None if state.tokens.verify(key).is_ok() => Err(ApiError::new(
+                ErrorCode::InvalidPublishKey,
+                "this is a user token; publishing needs a publish key",
+            )),
+            None => Err(ApiError::new(
+                ErrorCode::InvalidPublishKey,
+                "this publish key is not accepted",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<SharedState> for Publisher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+        Publisher::check(state, bearer(parts))
+    }
+}
+
+/// Reads the whole body (within the router's body limit), mapping an oversize body to
+/// `payload_too_large`.
+pub async fn body_bytes(req: Request, state: &SharedState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the body is larger than {} bytes",
+                    belfry_protocol::limits::MAX_BODY_BYTES
+                ),
+            )
+        } else {
+            ApiError::new(ErrorCode::InvalidJson, rejection.body_text())
+        }
+    })
+}
+
+/// Whether the request says its body is JSON.
+pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+}
+
+/// Decodes JSON, telling a syntax error (`invalid_json`) from a shape error
+/// (`invalid_field`).
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        let code = match e.classify() {
+            Category::Data => ErrorCode::InvalidField,
+            Category::Syntax | Category::Eof | Category::Io => ErrorCode::InvalidJson,
+        };
+        ApiError::new(code, format!("cannot decode the body: {e}"))
+    })
+}
+
+/// A JSON body: `415` unless the request says `application/json`, `413` over the limit,
+/// `400` when it does not decode.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<SharedState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let bytes = body_bytes(req, state).await?;
+        decode_json(&bytes).map(JsonBody)
+    }
+}

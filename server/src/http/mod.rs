@@ -1,0 +1,67 @@
+//! The HTTP edge: routes, body limit, CORS, and JSON errors for everything (including
+//! unknown paths and wrong methods).
+
+mod compat;
+pub mod extract;
+mod notifications;
+mod ops;
+mod users;
+
+use crate::error::ApiError;
+use crate::state::SharedState;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::{get, post, put};
+use belfry_protocol::{ErrorCode, limits};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// The HTTP routes (without the Socket.IO layer).
+pub fn routes(state: &SharedState) -> Router<SharedState> {
+    let api = Router::new()
+        .route(
+            "/notifications",
+            post(notifications::publish).get(notifications::list),
+        )
+        .route("/notifications/read", post(notifications::mark_read))
+        .route("/notifications/{id}/receipts", get(notifications::receipts))
+        .route("/presence/{user}", get(users::presence))
+        .route("/subscriptions", get(users::list))
+        .route(
+            "/subscriptions/{topic}",
+            put(users::subscribe).delete(users::unsubscribe),
+        );
+    let mut router = Router::new()
+        .nest("/api/v1", api)
+        .route("/send", post(compat::send))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::NotFound,
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES));
+    let origins: Vec<HeaderValue> = state
+        .config
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if !origins.is_empty() {
+        let allow = if state.config.cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(origins)
+        };
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    router
+}

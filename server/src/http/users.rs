@@ -1,0 +1,52 @@
+//! Per-user endpoints: subscriptions (user token) and presence (publish key).
+
+use super::extract::{Publisher, User};
+use crate::error::ApiError;
+use crate::state::SharedState;
+use axum::Json;
+use axum::extract::{Path, State};
+use belfry_protocol::api::{Presence, Subscriptions};
+use belfry_protocol::{ErrorCode, validate_user_id};
+
+/// `GET /api/v1/subscriptions`.
+pub async fn list(
+    State(state): State<SharedState>,
+    User(claims): User,
+) -> Result<Json<Subscriptions>, ApiError> {
+    let topics = state.store.subscriptions(&claims.sub).await?;
+    Ok(Json(Subscriptions { topics }))
+}
+
+/// `PUT /api/v1/subscriptions/{topic}`: subscribes every device of the user.
+pub async fn subscribe(
+    State(state): State<SharedState>,
+    User(claims): User,
+    Path(topic): Path<String>,
+) -> Result<Json<Subscriptions>, ApiError> {
+    state.subscribe(&claims, &topic, None).await?;
+    list(State(state), User(claims)).await
+}
+
+/// `DELETE /api/v1/subscriptions/{topic}`.
+pub async fn unsubscribe(
+    State(state): State<SharedState>,
+    User(claims): User,
+    Path(topic): Path<String>,
+) -> Result<Json<Subscriptions>, ApiError> {
+    state.unsubscribe(&claims.sub, &topic, None).await?;
+    list(State(state), User(claims)).await
+}
+
+/// `GET /api/v1/presence/{user}` (publish key).
+pub async fn presence(
+    State(state): State<SharedState>,
+    Publisher(_): Publisher,
+    Path(user): Path<String>,
+) -> Result<Json<Presence>, ApiError> {
+    validate_user_id(&user).map_err(|e| ApiError::new(ErrorCode::InvalidField, e))?;
+    let devices = state.devices(&user) as u64;
+    Ok(Json(Presence {
+        online: devices > 0,
+        devices,
+    }))
+}

@@ -1,0 +1,155 @@
+//! The Belfry hub: authenticated, durable, real-time notification routing.
+//!
+//! Backends publish over HTTP or the `/publisher` Socket.IO namespace; the hub stores each
+//! notification (SQLite, group commit), then delivers it live to the Socket.IO sockets of
+//! the users allowed to see it; clients that were away catch up from their cursor.
+//!
+//! [`run`] is the whole server: tests call it on port 0, `main.rs` calls it with the
+//! command line's configuration. [`Hub::start`] and [`app`] are its two halves.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod rate_limit;
+mod retention;
+pub mod secrets;
+pub mod socket;
+pub mod state;
+pub mod store;
+
+pub use config::Config;
+pub use state::{AppState, SharedState};
+
+use socketioxide::{SocketIo, TransportType};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A started hub: its state, its Socket.IO layer and its background tasks.
+pub struct Hub {
+    /// The shared state.
+    pub state: SharedState,
+    layer: socketioxide::layer::SocketIoLayer,
+    tasks: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Opens the store, starts the writer, delivery and retention tasks and registers the
+    /// Socket.IO namespaces.
+    pub async fn start(config: Config) -> anyhow::Result<Hub> {
+        tokio::fs::create_dir_all(&config.data_dir).await?;
+        let url = config
+            .database_url
+            .clone()
+            .unwrap_or_else(|| store::Store::default_url(&config.data_dir));
+        let (store, writer) = store::Store::open(&url).await?;
+        let (layer, io) = SocketIo::builder()
+            .transports([TransportType::Websocket, TransportType::Polling])
+            .ping_interval(config.heartbeat.interval)
+            .ping_timeout(config.heartbeat.timeout)
+            .max_payload(2 * belfry_protocol::limits::MAX_BODY_BYTES as u64)
+            .build_layer();
+        let state = Arc::new(AppState::new(store, io, config));
+        socket::subscriber::register(&state);
+        socket::publisher::register(&state);
+        let (committed, delivery) = state.spawn_delivery();
+        let writer = tokio::spawn(writer.run(committed));
+        let pruner = tokio::spawn(retention::run(state.clone()));
+        Ok(Hub {
+            state,
+            layer,
+            tasks: vec![delivery, pruner],
+            writer,
+        })
+    }
+
+    /// The router: HTTP routes plus the Socket.IO layer.
+    pub fn router(&self) -> axum::Router {
+        app(self.state.clone(), self.layer.clone())
+    }
+
+    /// Closes every socket, finishes queued writes and closes the store.
+    pub async fn shutdown(self) {
+        self.state.io.close().await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.state.store.writer().close().await;
+        if let Err(e) = self.writer.await {
+            tracing::error!(error = %e, "store writer task failed");
+        }
+        self.state.store.close().await;
+        tracing::info!("hub stopped");
+    }
+}
+
+/// The whole HTTP + Socket.IO application for a state and its Socket.IO layer.
+pub fn app(state: SharedState, io_layer: socketioxide::layer::SocketIoLayer) -> axum::Router {
+    http::routes(&state)
+        .layer(io_layer)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves the hub on `listener` until `shutdown` resolves, then stops accepting, closes
+/// the sockets, lets in-flight requests finish and closes the store.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tls = config.tls.clone();
+    let hub = Hub::start(config).await?;
+    let router = hub.router();
+    let io = hub.state.io.clone();
+    let addr = listener.local_addr()?;
+    match tls {
+        None => {
+            tracing::info!(%addr, "listening (http, ws)");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    tracing::info!("shutting down");
+                    io.close().await;
+                })
+                .await?;
+        }
+        Some(files) => {
+            rustls::crypto::ring::default_provider()
+                .install_default()
+                .ok();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot load TLS certificate or key: {e}"))?;
+            tracing::info!(%addr, "listening (https, wss)");
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                io.close().await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+                .handle(handle)
+                .serve(router.into_make_service())
+                .await?;
+        }
+    }
+    hub.shutdown().await;
+    Ok(())
+}

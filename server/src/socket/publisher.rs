@@ -1,0 +1,194 @@
+//! Namespace `/publisher`: backends publishing over Socket.IO. Authenticates with a
+//! publish key; `notify` takes the HTTP publish body, and `notify-user` /
+//! `notify-users` take the `[user(s), event, payload]` forms many backends already emit.
+
+use super::{ConnectRefused, first_arg};
+use crate::state::SharedState;
+use belfry_protocol::events::{self, PublishReply, PublisherAuth};
+use belfry_protocol::{ErrorBody, ErrorCode, PublishRequest, PublishResponse};
+use socketioxide::ParserError;
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use std::time::Instant;
+
+/// The index of the publish key a publisher socket authenticated with.
+#[derive(Debug, Clone, Copy)]
+struct KeyIndex(usize);
+
+type ArgsResult = Result<Vec<serde_json::Value>, ParserError>;
+
+/// Registers the namespace.
+pub fn register(state: &SharedState) {
+    let on_connect = {
+        let state = state.clone();
+        move |socket: SocketRef| {
+            register_events(&state, &socket);
+            async {}
+        }
+    };
+    let authenticate = {
+        let state = state.clone();
+        move |socket: SocketRef, TryData(auth): TryData<serde_json::Value>| {
+            let state = state.clone();
+            async move {
+                let refuse = |code, msg: &str| ConnectRefused(ErrorBody::new(code, msg));
+                let auth: PublisherAuth = auth
+                    .ok()
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .ok_or_else(|| {
+                        refuse(
+                            ErrorCode::Unauthorized,
+                            "send auth {\"key\": \"<publish key>\"}",
+                        )
+                    })?;
+                let index = state.keys.check(&auth.key).ok_or_else(|| {
+                    refuse(
+                        ErrorCode::InvalidPublishKey,
+                        "this publish key is not accepted",
+                    )
+                })?;
+                socket.extensions.insert(KeyIndex(index));
+                Ok::<(), ConnectRefused>(())
+            }
+        }
+    };
+    state
+        .io
+        .ns(events::PUBLISHER_NAMESPACE, on_connect.with(authenticate));
+}
+
+fn register_events(state: &SharedState, socket: &SocketRef) {
+    for (event, form) in [
+        (events::NOTIFY, Form::Notify),
+        (events::NOTIFY_USER, Form::User),
+        (events::NOTIFY_USERS, Form::Users),
+    ] {
+        let state = state.clone();
+        socket.on(
+            event,
+            move |socket: SocketRef,
+                  TryData(args): TryData<Vec<serde_json::Value>>,
+                  ack: AckSender| {
+                let state = state.clone();
+                async move {
+                    let received = Instant::now();
+                    let reply = match socket.extensions.get::<KeyIndex>() {
+                        Some(KeyIndex(key)) => match form.request(args) {
+                            Ok(req) => match state.publish(key, req, received).await {
+                                Ok(p) => PublishReply::Published(PublishResponse {
+                                    id: p.id,
+                                    created_at: p.created_at,
+                                    duplicate: p.duplicate,
+                                }),
+                                Err(e) => PublishReply::Error { error: e.into() },
+                            },
+                            Err(error) => PublishReply::Error { error },
+                        },
+                        None => PublishReply::Error {
+                            error: ErrorBody::new(ErrorCode::Unauthorized, "not authenticated"),
+                        },
+                    };
+                    let _ = ack.send(&reply);
+                }
+            },
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    Notify,
+    User,
+    Users,
+}
+
+impl Form {
+    fn request(self, args: ArgsResult) -> Result<PublishRequest, ErrorBody> {
+        match self {
+            Form::Notify => first_arg(args, "a publish request object"),
+            Form::User | Form::Users => {
+                let args = args.map_err(|e| {
+                    ErrorBody::new(
+                        ErrorCode::InvalidJson,
+                        format!("cannot decode the event: {e}"),
+                    )
+                })?;
+                let shape = if matches!(self, Form::User) {
+                    "[user_id, event, payload]"
+                } else {
+                    "[[user_id, ..], event, payload]"
+                };
+                let mut args = args.into_iter();
+                let (Some(who), Some(event), payload) = (args.next(), args.next(), args.next())
+                else {
+                    return Err(ErrorBody::new(
+                        ErrorCode::MissingField,
+                        format!("expected {shape}"),
+                    ));
+                };
+                let users: Vec<String> = match (self, who) {
+                    (Form::User, serde_json::Value::String(u)) => vec![u],
+                    (Form::User, serde_json::Value::Number(n)) => vec![n.to_string()],
+                    (Form::Users, serde_json::Value::Array(list)) => list
+                        .into_iter()
+                        .map(|v| match v {
+                            serde_json::Value::String(u) => Ok(u),
+                            serde_json::Value::Number(n) => Ok(n.to_string()),
+                            _ => Err(()),
+                        })
+                        .collect::<Result<_, _>>()
+                        .map_err(|()| {
+                            ErrorBody::field(
+                                ErrorCode::InvalidField,
+                                "users",
+                                format!("expected {shape}"),
+                            )
+                        })?,
+                    _ => {
+                        return Err(ErrorBody::field(
+                            ErrorCode::InvalidField,
+                            "users",
+                            format!("expected {shape}"),
+                        ));
+                    }
+                };
+                let serde_json::Value::String(event) = event else {
+                    return Err(ErrorBody::field(
+                        ErrorCode::InvalidField,
+                        "event",
+                        format!("expected {shape} with a string event"),
+                    ));
+                };
+                let targets = users.into_iter().map(|u| format!("user:{u}")).collect();
+                Ok(legacy_request(targets, event, payload.unwrap_or_default()))
+            }
+        }
+    }
+}
+
+/// Maps a free-form `(event, payload)` onto a publish request: `title`, `body` (or
+/// `message`), `url` and `priority` are taken from the payload when they are there, the
+/// title falls back to the event name, and the whole payload travels as `data`.
+pub(crate) fn legacy_request(
+    targets: Vec<String>,
+    event: String,
+    payload: serde_json::Value,
+) -> PublishRequest {
+    let text = |key: &str| payload.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let title = text("title").unwrap_or_else(|| event.clone());
+    let body = text("body").or_else(|| text("message"));
+    let url = text("url");
+    let priority = payload
+        .get("priority")
+        .and_then(|p| serde_json::from_value(p.clone()).ok());
+    PublishRequest {
+        to: Some(targets),
+        title: Some(title),
+        event: Some(event),
+        body,
+        priority,
+        url,
+        data: (!payload.is_null()).then_some(payload),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,244 @@
+//! Namespace `/`: subscribers (user devices). Authenticates the handshake, joins the
+//! user's rooms, runs the catch-up, and handles `ack`, `read`, `subscribe`,
+//! `unsubscribe` and `sync`.
+
+use super::{ConnectRefused, first_arg};
+use crate::delivery::{self, CatchUpFrom, Session, rooms, session};
+use crate::state::SharedState;
+use belfry_protocol::events::{
+    self, AckRequest, HandshakeAuth, ReadRequest, Reply, SyncRequest, TopicRequest,
+};
+use belfry_protocol::{ErrorBody, ErrorCode};
+use socketioxide::ParserError;
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+type Args = TryData<Vec<serde_json::Value>>;
+
+/// The cursor the client sent in its handshake.
+#[derive(Debug, Clone, Copy)]
+struct HandshakeCursor(Option<u64>);
+
+/// Registers the namespace.
+pub fn register(state: &SharedState) {
+    let on_connect = {
+        let state = state.clone();
+        move |socket: SocketRef| {
+            let state = state.clone();
+            async move { connected(state, socket).await }
+        }
+    };
+    let authenticate = {
+        let state = state.clone();
+        move |socket: SocketRef, TryData(auth): TryData<serde_json::Value>| {
+            let state = state.clone();
+            async move {
+                let result = authenticate(&state, &socket, auth);
+                if result.is_err() {
+                    state.metrics.auth_failures_total.fetch_add(1, Relaxed);
+                }
+                result
+            }
+        }
+    };
+    state
+        .io
+        .ns(events::SUBSCRIBER_NAMESPACE, on_connect.with(authenticate));
+}
+
+fn authenticate(
+    state: &SharedState,
+    socket: &SocketRef,
+    auth: Result<serde_json::Value, ParserError>,
+) -> Result<(), ConnectRefused> {
+    let refuse = |code, msg: &str| ConnectRefused(ErrorBody::new(code, msg));
+    let auth = auth.map_err(|_| refuse(ErrorCode::Unauthorized, "handshake auth is not JSON"))?;
+    if auth.is_null() {
+        return Err(refuse(
+            ErrorCode::Unauthorized,
+            "no token: send auth {\"token\": \"<user token>\", \"cursor\": <id or null>}",
+        ));
+    }
+    let auth: HandshakeAuth = serde_json::from_value(auth).map_err(|e| {
+        refuse(
+            ErrorCode::Unauthorized,
+            &format!("handshake auth must be {{\"token\": string, \"cursor\": id or null}}: {e}"),
+        )
+    })?;
+    let claims = state
+        .tokens
+        .verify(&auth.token)
+        .map_err(|e| ConnectRefused(e.into()))?;
+    socket
+        .extensions
+        .insert(Arc::new(Session::new(claims, &state.config.limits)));
+    socket.extensions.insert(HandshakeCursor(auth.cursor));
+    Ok(())
+}
+
+async fn connected(state: SharedState, socket: SocketRef) {
+    let Some(session) = session(&socket) else {
+        let _ = socket.disconnect();
+        return;
+    };
+    // Handlers first, before any await, so no early event is lost.
+    register_events(&state, &socket);
+    state.metrics.connections.fetch_add(1, Relaxed);
+    state.metrics.connections_total.fetch_add(1, Relaxed);
+    socket.on_disconnect({
+        let state = state.clone();
+        move || {
+            state.metrics.connections.fetch_sub(1, Relaxed);
+            async {}
+        }
+    });
+
+    let viewer = match state.viewer(&session.user, &session.allowed).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot load subscriptions; dropping the socket");
+            let _ = socket.disconnect();
+            return;
+        }
+    };
+    let mut joined = vec![rooms::user(&session.user), rooms::ALL.to_owned()];
+    joined.extend(viewer.topics.iter().map(|t| rooms::topic(t)));
+    // Rooms before the catch-up reads the store: see delivery.rs.
+    socket.join(joined);
+    tracing::debug!(sid = %socket.id, user = %session.user, "subscriber connected");
+
+    let cursor = socket.extensions.get::<HandshakeCursor>().and_then(|c| c.0);
+    if let Err(e) = delivery::catch_up(&state, &socket, &session, CatchUpFrom::Cursor(cursor)).await
+    {
+        tracing::debug!(sid = %socket.id, error = %e, "initial catch-up ended");
+    }
+}
+
+/// Applies the socket's event rate limit.
+fn within_rate(session: &Session) -> Result<(), ErrorBody> {
+    let mut bucket = session.events.lock().unwrap_or_else(|p| p.into_inner());
+    bucket.take(Instant::now()).map_err(|after| {
+        ErrorBody::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many events on this socket; retry in {} ms",
+                after.as_millis().max(1)
+            ),
+        )
+    })
+}
+
+fn reply(ack: AckSender, result: Result<(), ErrorBody>) {
+    let body = match result {
+        Ok(()) => Reply::ok(),
+        Err(e) => Reply::from(e),
+    };
+    // A client that did not ask for an ack gets nothing; a closed socket is no error.
+    let _ = ack.send(&body);
+}
+
+fn register_events(state: &SharedState, socket: &SocketRef) {
+    macro_rules! on {
+        ($event:expr, $handler:ident) => {{
+            let state = state.clone();
+            socket.on(
+                $event,
+                move |socket: SocketRef, TryData(args): Args, ack: AckSender| {
+                    let state = state.clone();
+                    async move {
+                        let result = match session(&socket) {
+                            Some(session) => match within_rate(&session) {
+                                Ok(()) => $handler(&state, &socket, &session, args).await,
+                                Err(e) => Err(e),
+                            },
+                            None => {
+                                Err(ErrorBody::new(ErrorCode::Unauthorized, "not authenticated"))
+                            }
+                        };
+                        reply(ack, result);
+                    }
+                },
+            );
+        }};
+    }
+    on!(events::ACK, on_ack);
+    on!(events::READ, on_read);
+    on!(events::SUBSCRIBE, on_subscribe);
+    on!(events::UNSUBSCRIBE, on_unsubscribe);
+    on!(events::SYNC, on_sync);
+}
+
+type ArgsResult = Result<Vec<serde_json::Value>, ParserError>;
+
+async fn on_ack(
+    state: &SharedState,
+    _socket: &SocketRef,
+    session: &Session,
+    args: ArgsResult,
+) -> Result<(), ErrorBody> {
+    let AckRequest { up_to } = first_arg(args, "{\"up_to\": id}")?;
+    let viewer = state.viewer(&session.user, &session.allowed).await?;
+    state.store.writer().ack(viewer, up_to).await?;
+    Ok(())
+}
+
+async fn on_read(
+    state: &SharedState,
+    socket: &SocketRef,
+    session: &Session,
+    args: ArgsResult,
+) -> Result<(), ErrorBody> {
+    let req: ReadRequest = first_arg(args, "{\"ids\": [id, ..]} or {\"up_to\": id}")?;
+    state
+        .mark_read(&session.claims, req, Some(socket.id))
+        .await
+        .map(drop)
+}
+
+async fn on_subscribe(
+    state: &SharedState,
+    socket: &SocketRef,
+    session: &Session,
+    args: ArgsResult,
+) -> Result<(), ErrorBody> {
+    let TopicRequest { topic } = first_arg(args, "{\"topic\": name}")?;
+    state
+        .subscribe(&session.claims, &topic, Some(socket.id))
+        .await
+        .map(drop)
+}
+
+async fn on_unsubscribe(
+    state: &SharedState,
+    socket: &SocketRef,
+    session: &Session,
+    args: ArgsResult,
+) -> Result<(), ErrorBody> {
+    let TopicRequest { topic } = first_arg(args, "{\"topic\": name}")?;
+    state
+        .unsubscribe(&session.user, &topic, Some(socket.id))
+        .await
+        .map(drop)
+}
+
+async fn on_sync(
+    state: &SharedState,
+    socket: &SocketRef,
+    _session: &Session,
+    args: ArgsResult,
+) -> Result<(), ErrorBody> {
+    let SyncRequest { cursor } = first_arg(args, "{\"cursor\": id or null}")?;
+    let (state, socket) = (state.clone(), socket.clone());
+    tokio::spawn(async move {
+        if let Some(session) = session(&socket)
+            && let Err(e) =
+                delivery::catch_up(&state, &socket, &session, CatchUpFrom::Cursor(cursor)).await
+        {
+            tracing::debug!(sid = %socket.id, error = %e, "requested catch-up ended");
+        }
+    });
+    Ok(())
+}

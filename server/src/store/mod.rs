@@ -1,0 +1,304 @@
+//! The durable store: SQLite in WAL mode through sqlx.
+//!
+//! Reads go through a small connection pool and never block writes. Every write goes
+//! through one [`Writer`] task that owns the only write connection and commits whole
+//! batches of operations in one transaction (group commit); see `writer.rs`.
+
+mod rows;
+mod writer;
+
+pub use writer::{Committed, PruneReport, Published, ReadSelection, Writer, WriterHandle};
+
+/// Sizes the writer works with.
+pub mod writer_limits {
+    pub use super::writer::{IDEMPOTENCY_WINDOW_MS, MAX_BATCH, PRUNE_CHUNK};
+}
+
+use belfry_protocol::{Notification, Target};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Row};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The migrations could not be applied.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The transaction holding this operation could not be committed; nothing was stored.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// The writer task has stopped (the hub is shutting down).
+    #[error("the store is shutting down")]
+    Closed,
+    /// The user already has the maximum number of subscriptions.
+    #[error("at most {0} subscriptions per user")]
+    TooManySubscriptions(u32),
+}
+
+/// The most rows one catch-up batch or API page carries.
+pub const MAX_PAGE: u32 = 500;
+/// How many unread notifications a first connection (null cursor) receives.
+pub const UNREAD_ON_FIRST_CONNECT: u32 = 200;
+
+/// Who is looking: a user and the topics whose notifications they may see (their
+/// subscriptions that their token allows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    /// The user id.
+    pub user: String,
+    /// Subscribed and allowed topics.
+    pub topics: Vec<String>,
+}
+
+impl Viewer {
+    fn topics_json(&self) -> String {
+        serde_json::to_string(&self.topics).unwrap_or_else(|_| "[]".into())
+    }
+}
+
+/// Ids visible to a viewer between two bounds. Parameters: ?1 user, ?2 topics (JSON array),
+/// ?3 lower bound (exclusive), ?4 upper bound (inclusive). Each arm is a range scan of the
+/// targets' primary key.
+pub(crate) const VISIBLE_IDS: &str = "\
+    SELECT notification_id AS id FROM notification_targets \
+        WHERE kind = 0 AND name = ?1 AND notification_id > ?3 AND notification_id <= ?4 \
+    UNION SELECT notification_id FROM notification_targets \
+        WHERE kind = 2 AND name = '' AND notification_id > ?3 AND notification_id <= ?4 \
+    UNION SELECT notification_id FROM notification_targets \
+        WHERE kind = 1 AND name IN (SELECT value FROM json_each(?2)) \
+        AND notification_id > ?3 AND notification_id <= ?4";
+
+/// One page of notifications and whether the store holds more after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Ascending by id, each with the viewer's read state.
+    pub notifications: Vec<Notification>,
+    /// The highest id this page covered (visible or expired): the cursor for the next page.
+    pub last_id: Option<u64>,
+    /// Whether more ids may follow.
+    pub more: bool,
+}
+
+/// A receipt row: the user and their delivered / read times.
+pub type ReceiptRow = (String, Option<OffsetDateTime>, Option<OffsetDateTime>);
+
+/// The read side of the store, plus the handle to its writer.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    writer: WriterHandle,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    rows::to_ms(OffsetDateTime::now_utc())
+}
+
+fn clamp_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url`, applies migrations and starts the
+    /// writer task. The returned [`Writer`] must be run (see [`Writer::run`]).
+    pub async fn open(url: &str) -> Result<(Store, Writer), StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before the publisher hears 201. Group commit keeps
+            // this affordable: one fsync per batch, not per notification.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let conn = options.connect().await?;
+        let (writer, handle) = Writer::new(conn);
+        Ok((
+            Store {
+                pool,
+                writer: handle,
+            },
+            writer,
+        ))
+    }
+
+    /// Opens the default database file inside `data_dir`.
+    pub fn default_url(data_dir: &Path) -> String {
+        format!("sqlite://{}", data_dir.join("belfry.db").display())
+    }
+
+    /// The handle that submits writes.
+    pub fn writer(&self) -> &WriterHandle {
+        &self.writer
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Closes the read pool (the writer closes its connection when its queue ends).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The highest id ever assigned (0 when none).
+    pub async fn head(&self) -> Result<u64, StoreError> {
+        let head: i64 = sqlx::query_scalar(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'notifications'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(head).unwrap_or(0))
+    }
+
+    /// A user's subscribed topics, sorted.
+    pub async fn subscriptions(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let topics =
+            sqlx::query_scalar("SELECT topic FROM subscriptions WHERE user_id = ? ORDER BY topic")
+                .bind(user)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(topics)
+    }
+
+    /// Notifications visible to `viewer` with id > `after`, ascending, at most `limit`.
+    pub async fn page(&self, viewer: &Viewer, after: u64, limit: u32) -> Result<Page, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let ids: Vec<i64> = sqlx::query_scalar(&format!("{VISIBLE_IDS} ORDER BY id LIMIT ?5"))
+            .bind(&viewer.user)
+            .bind(viewer.topics_json())
+            .bind(clamp_id(after))
+            .bind(i64::MAX)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let more = ids.len() == limit as usize;
+        let last_id = ids.last().map(|&id| id as u64);
+        let notifications = self.fetch_for(&viewer.user, &ids).await?;
+        Ok(Page {
+            notifications,
+            last_id,
+            more,
+        })
+    }
+
+    /// The viewer's newest unread notifications (at most `limit`), ascending.
+    pub async fn unread(
+        &self,
+        viewer: &Viewer,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let sql = format!(
+            "WITH vis(id) AS ({VISIBLE_IDS}) \
+             SELECT {cols}, s.read_at FROM vis JOIN notifications n ON n.id = vis.id \
+             LEFT JOIN user_state s ON s.user_id = ?1 AND s.notification_id = n.id \
+             WHERE s.read_at IS NULL AND n.expires_at > ?5 ORDER BY n.id DESC LIMIT ?6",
+            cols = rows::COLUMNS
+        );
+        let mut out: Vec<Notification> = sqlx::query(&sql)
+            .bind(&viewer.user)
+            .bind(viewer.topics_json())
+            .bind(0i64)
+            .bind(i64::MAX)
+            .bind(now_ms())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::notification)
+            .collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Full rows for `ids` (ascending), without expired ones, with `user`'s read state.
+    async fn fetch_for(&self, user: &str, ids: &[i64]) -> Result<Vec<Notification>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {cols}, s.read_at FROM json_each(?1) j JOIN notifications n ON n.id = j.value \
+             LEFT JOIN user_state s ON s.user_id = ?2 AND s.notification_id = n.id \
+             WHERE n.expires_at > ?3 ORDER BY n.id",
+            cols = rows::COLUMNS
+        );
+        let ids_json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+        sqlx::query(&sql)
+            .bind(ids_json)
+            .bind(user)
+            .bind(now_ms())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| rows::notification(r).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Whether a notification exists (and has not expired).
+    pub async fn exists(&self, id: u64) -> Result<bool, StoreError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM notifications WHERE id = ? AND expires_at > ?")
+                .bind(clamp_id(id))
+                .bind(now_ms())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// Per-user delivery and read times of a notification: every user it named, and every
+    /// other user who acknowledged or read it. `None` when the notification does not exist.
+    pub async fn receipts(&self, id: u64) -> Result<Option<Vec<ReceiptRow>>, StoreError> {
+        if !self.exists(id).await? {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT t.name AS user_id, s.delivered_at, s.read_at FROM notification_targets t \
+               LEFT JOIN user_state s ON s.user_id = t.name AND s.notification_id = t.notification_id \
+               WHERE t.notification_id = ?1 AND t.kind = 0 \
+             UNION \
+             SELECT s.user_id, s.delivered_at, s.read_at FROM user_state s \
+               WHERE s.notification_id = ?1 \
+             ORDER BY user_id",
+        )
+        .bind(clamp_id(id))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<ReceiptRow> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let user: String = row.try_get("user_id")?;
+            let delivered: Option<i64> = row.try_get("delivered_at")?;
+            let read: Option<i64> = row.try_get("read_at")?;
+            // A named user who also has a state row appears twice in the union (once with
+            // nulls only if the left join found nothing, which it did not): keep one.
+            if out.last().is_some_and(|(u, _, _)| *u == user) {
+                continue;
+            }
+            out.push((user, delivered.map(rows::from_ms), read.map(rows::from_ms)));
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Maps a target to its `(kind, name)` columns.
+pub(crate) fn target_key(target: &Target) -> (i64, &str) {
+    match target {
+        Target::User(u) => (0, u.as_str()),
+        Target::Topic(t) => (1, t.as_str()),
+        Target::All => (2, ""),
+    }
+}

@@ -1,0 +1,716 @@
+//! The single writer: group commit for every write the hub makes.
+//!
+//! SQLite allows one writer at a time, and a durable commit costs an fsync. So all writes
+//! (publishes, acks, reads, subscriptions, pruning) are operations sent to one task that
+//! owns the write connection. It takes every operation waiting in its queue (up to
+//! [`MAX_BATCH`]), applies each inside its own savepoint (one bad operation never spoils
+//! the others), commits once, and only then answers. Committed notifications are handed
+//! to delivery in id order, which is commit order, because only this task assigns ids.
+
+use super::{StoreError, VISIBLE_IDS, Viewer, now_ms, rows, target_key};
+use belfry_protocol::{Notification, Target, ValidPublish};
+use sqlx::{Connection, SqliteConnection};
+use std::time::Instant;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most operations committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// How long an idempotency key is remembered, in milliseconds.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// The most notifications one prune operation deletes (so a prune never holds the writer
+/// for long; the pruner repeats until less was deleted).
+pub const PRUNE_CHUNK: i64 = 5_000;
+
+/// A publish that committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The notification's id.
+    pub id: u64,
+    /// When it was stored.
+    pub created_at: OffsetDateTime,
+    /// Whether this was a repeat of an idempotency key (nothing new was stored).
+    pub duplicate: bool,
+}
+
+/// A committed notification on its way to delivery.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The notification as subscribers receive it.
+    pub notification: Notification,
+    /// Who it is for.
+    pub targets: Vec<Target>,
+    /// When the hub received the publish (for the publish-to-emit latency).
+    pub received: Instant,
+}
+
+/// Which notifications a read marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadSelection {
+    /// These ids (those not visible to the user are ignored).
+    Ids(Vec<u64>),
+    /// Every visible notification up to and including this id.
+    UpTo(u64),
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Notifications deleted because they expired.
+    pub expired: u64,
+    /// Notifications deleted because their targets were over the cap.
+    pub trimmed: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Op {
+    Publish {
+        req: Box<ValidPublish>,
+        ttl_secs: u64,
+        received: Instant,
+        reply: Reply<Published>,
+    },
+    Ack {
+        viewer: Viewer,
+        up_to: u64,
+        reply: Reply<u64>,
+    },
+    Read {
+        viewer: Viewer,
+        selection: ReadSelection,
+        reply: Reply<u64>,
+    },
+    Subscribe {
+        user: String,
+        topic: String,
+        max: u32,
+        reply: Reply<bool>,
+    },
+    Unsubscribe {
+        user: String,
+        topic: String,
+        reply: Reply<bool>,
+    },
+    Prune {
+        max_per_target: u32,
+        reply: Reply<PruneReport>,
+    },
+    /// Finish what was queued before, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// An applied operation waiting for the commit before it answers.
+enum Outcome {
+    Publish(Reply<Published>, Result<Published, StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+    Flag(Reply<bool>, Result<bool, StoreError>),
+    Prune(Reply<PruneReport>, Result<PruneReport, StoreError>),
+    /// A close that was already answered.
+    Closed,
+}
+
+impl Outcome {
+    fn is_ok(&self) -> bool {
+        match self {
+            Outcome::Publish(_, r) => r.is_ok(),
+            Outcome::Count(_, r) => r.is_ok(),
+            Outcome::Flag(_, r) => r.is_ok(),
+            Outcome::Prune(_, r) => r.is_ok(),
+            Outcome::Closed => true,
+        }
+    }
+
+    fn fail(self, why: &str) -> Outcome {
+        fn err<T>(why: &str) -> Result<T, StoreError> {
+            Err(StoreError::Commit(why.to_owned()))
+        }
+        match self {
+            Outcome::Publish(tx, _) => Outcome::Publish(tx, err(why)),
+            Outcome::Count(tx, _) => Outcome::Count(tx, err(why)),
+            Outcome::Flag(tx, _) => Outcome::Flag(tx, err(why)),
+            Outcome::Prune(tx, _) => Outcome::Prune(tx, err(why)),
+            Outcome::Closed => Outcome::Closed,
+        }
+    }
+
+    fn send(self) {
+        // A caller that gave up waiting is not an error.
+        match self {
+            Outcome::Publish(tx, r) => drop(tx.send(r)),
+            Outcome::Count(tx, r) => drop(tx.send(r)),
+            Outcome::Flag(tx, r) => drop(tx.send(r)),
+            Outcome::Prune(tx, r) => drop(tx.send(r)),
+            Outcome::Closed => {}
+        }
+    }
+}
+
+/// Submits writes to the writer task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Op>,
+}
+
+/// The writer task's state: its connection and queue. Run it with [`Writer::run`].
+#[derive(Debug)]
+pub struct Writer {
+    conn: SqliteConnection,
+    rx: mpsc::Receiver<Op>,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Publish { .. } => "Publish",
+            Op::Ack { .. } => "Ack",
+            Op::Read { .. } => "Read",
+            Op::Subscribe { .. } => "Subscribe",
+            Op::Unsubscribe { .. } => "Unsubscribe",
+            Op::Prune { .. } => "Prune",
+            Op::Close(_) => "Close",
+        })
+    }
+}
+
+impl WriterHandle {
+    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores a notification; answers once it is committed.
+    pub async fn publish(
+        &self,
+        req: ValidPublish,
+        ttl_secs: u64,
+        received: Instant,
+    ) -> Result<Published, StoreError> {
+        self.submit(|reply| Op::Publish {
+            req: Box::new(req),
+            ttl_secs,
+            received,
+            reply,
+        })
+        .await
+    }
+
+    /// Records that the viewer's device stored everything visible up to `up_to`. Returns
+    /// how many notifications were newly marked delivered.
+    pub async fn ack(&self, viewer: Viewer, up_to: u64) -> Result<u64, StoreError> {
+        self.submit(|reply| Op::Ack {
+            viewer,
+            up_to,
+            reply,
+        })
+        .await
+    }
+
+    /// Marks notifications read; returns how many changed.
+    pub async fn read(&self, viewer: Viewer, selection: ReadSelection) -> Result<u64, StoreError> {
+        self.submit(|reply| Op::Read {
+            viewer,
+            selection,
+            reply,
+        })
+        .await
+    }
+
+    /// Subscribes a user to a topic; `Ok(false)` when already subscribed.
+    pub async fn subscribe(&self, user: &str, topic: &str, max: u32) -> Result<bool, StoreError> {
+        self.submit(|reply| Op::Subscribe {
+            user: user.to_owned(),
+            topic: topic.to_owned(),
+            max,
+            reply,
+        })
+        .await
+    }
+
+    /// Unsubscribes; `Ok(false)` when the user was not subscribed.
+    pub async fn unsubscribe(&self, user: &str, topic: &str) -> Result<bool, StoreError> {
+        self.submit(|reply| Op::Unsubscribe {
+            user: user.to_owned(),
+            topic: topic.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Stops the writer once everything queued before this call is committed. Later
+    /// writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Op::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Deletes one chunk of expired notifications, trims targets over the cap and forgets
+    /// old idempotency keys.
+    pub async fn prune(&self, max_per_target: u32) -> Result<PruneReport, StoreError> {
+        self.submit(|reply| Op::Prune {
+            max_per_target,
+            reply,
+        })
+        .await
+    }
+}
+
+fn id_param(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+impl Writer {
+    pub(super) fn new(conn: SqliteConnection) -> (Writer, WriterHandle) {
+        let (tx, rx) = mpsc::channel(16 * MAX_BATCH);
+        (Writer { conn, rx }, WriterHandle { tx })
+    }
+
+    /// Runs until every [`WriterHandle`] is dropped and the queue is empty, then closes the
+    /// connection cleanly. Committed notifications go to `committed`, one batch per
+    /// transaction, in id order.
+    pub async fn run(mut self, committed: mpsc::Sender<Vec<Committed>>) {
+        let mut ops = Vec::with_capacity(MAX_BATCH);
+        let mut closed = None;
+        while closed.is_none() && self.rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+            let mut batch = std::mem::take(&mut ops);
+            if let Some(at) = batch.iter().position(|op| matches!(op, Op::Close(_))) {
+                // Everything after the close is refused; everything before commits.
+                for op in batch.split_off(at + 1) {
+                    Self::placeholder(op).send();
+                }
+                if let Some(Op::Close(done)) = batch.pop() {
+                    closed = Some(done);
+                }
+                self.rx.close();
+            }
+            let (outcomes, notes) = self.commit(batch).await;
+            if !notes.is_empty() {
+                // Delivery is best effort once stored: if it has stopped, clients catch up.
+                let _ = committed.send(notes).await;
+            }
+            outcomes.into_iter().for_each(Outcome::send);
+        }
+        // Refuse whatever raced in after the close.
+        while let Ok(op) = self.rx.try_recv() {
+            Self::placeholder(op).send();
+        }
+        if let Err(e) = self.conn.close().await {
+            tracing::warn!(error = %e, "closing the write connection");
+        }
+        tracing::debug!("store writer stopped");
+        if let Some(done) = closed {
+            let _ = done.send(());
+        }
+    }
+
+    async fn exec(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(&mut self.conn).await.map(drop)
+    }
+
+    async fn commit(&mut self, batch: Vec<Op>) -> (Vec<Outcome>, Vec<Committed>) {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut notes = Vec::new();
+        if let Err(e) = self.exec("BEGIN IMMEDIATE").await {
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            let why = e.to_string();
+            for op in batch {
+                outcomes.push(Self::placeholder(op).fail(&why));
+            }
+            return (outcomes, notes);
+        }
+        for op in batch {
+            if let Err(e) = self.exec("SAVEPOINT op").await {
+                outcomes.push(Self::placeholder(op).fail(&e.to_string()));
+                continue;
+            }
+            let (outcome, note) = self.apply(op).await;
+            let undo = if outcome.is_ok() {
+                self.exec("RELEASE op").await
+            } else {
+                match self.exec("ROLLBACK TO op").await {
+                    Ok(()) => self.exec("RELEASE op").await,
+                    Err(e) => Err(e),
+                }
+            };
+            match undo {
+                Ok(()) => {
+                    notes.extend(note);
+                    outcomes.push(outcome);
+                }
+                Err(e) => outcomes.push(outcome.fail(&e.to_string())),
+            }
+        }
+        if let Err(e) = self.exec("COMMIT").await {
+            tracing::error!(error = %e, "commit failed; the whole batch is refused");
+            let _ = self.exec("ROLLBACK").await;
+            let why = e.to_string();
+            return (
+                outcomes.into_iter().map(|o| o.fail(&why)).collect(),
+                Vec::new(),
+            );
+        }
+        (outcomes, notes)
+    }
+
+    /// An outcome that only carries the reply channel, for operations never applied.
+    fn placeholder(op: Op) -> Outcome {
+        fn unapplied<T>() -> Result<T, StoreError> {
+            Err(StoreError::Closed)
+        }
+        match op {
+            Op::Publish { reply, .. } => Outcome::Publish(reply, unapplied()),
+            Op::Ack { reply, .. } | Op::Read { reply, .. } => Outcome::Count(reply, unapplied()),
+            Op::Subscribe { reply, .. } | Op::Unsubscribe { reply, .. } => {
+                Outcome::Flag(reply, unapplied())
+            }
+            Op::Prune { reply, .. } => Outcome::Prune(reply, unapplied()),
+            Op::Close(done) => {
+                let _ = done.send(());
+                Outcome::Closed
+            }
+        }
+    }
+
+    async fn apply(&mut self, op: Op) -> (Outcome, Option<Committed>) {
+        match op {
+            Op::Publish {
+                req,
+                ttl_secs,
+                received,
+                reply,
+            } => match self.publish(&req, ttl_secs).await {
+                Ok((published, notification)) => {
+                    let note = notification.map(|notification| Committed {
+                        notification,
+                        targets: req.targets,
+                        received,
+                    });
+                    (Outcome::Publish(reply, Ok(published)), note)
+                }
+                Err(e) => (Outcome::Publish(reply, Err(e.into())), None),
+            },
+            Op::Ack {
+                viewer,
+                up_to,
+                reply,
+            } => (
+                Outcome::Count(reply, self.ack(&viewer, up_to).await.map_err(Into::into)),
+                None,
+            ),
+            Op::Read {
+                viewer,
+                selection,
+                reply,
+            } => (
+                Outcome::Count(
+                    reply,
+                    self.read(&viewer, &selection).await.map_err(Into::into),
+                ),
+                None,
+            ),
+            Op::Subscribe {
+                user,
+                topic,
+                max,
+                reply,
+            } => (
+                Outcome::Flag(reply, self.subscribe(&user, &topic, max).await),
+                None,
+            ),
+            Op::Unsubscribe { user, topic, reply } => {
+                let r = sqlx::query("DELETE FROM subscriptions WHERE user_id = ? AND topic = ?")
+                    .bind(&user)
+                    .bind(&topic)
+                    .execute(&mut self.conn)
+                    .await
+                    .map(|r| r.rows_affected() > 0)
+                    .map_err(Into::into);
+                (Outcome::Flag(reply, r), None)
+            }
+            Op::Prune {
+                max_per_target,
+                reply,
+            } => (
+                Outcome::Prune(reply, self.prune(max_per_target).await.map_err(Into::into)),
+                None,
+            ),
+            close @ Op::Close(_) => (Self::placeholder(close), None),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        req: &ValidPublish,
+        ttl_secs: u64,
+    ) -> Result<(Published, Option<Notification>), sqlx::Error> {
+        let now = now_ms();
+        if let Some(key) = &req.idempotency_key {
+            let seen: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT notification_id, created_at FROM idempotency_keys \
+                 WHERE key = ? AND created_at > ?",
+            )
+            .bind(key)
+            .bind(now - IDEMPOTENCY_WINDOW_MS)
+            .fetch_optional(&mut self.conn)
+            .await?;
+            if let Some((id, created)) = seen {
+                let published = Published {
+                    id: u64::try_from(id).unwrap_or(0),
+                    created_at: rows::from_ms(created),
+                    duplicate: true,
+                };
+                return Ok((published, None));
+            }
+        }
+        let ttl_ms = i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let expires = now.saturating_add(ttl_ms);
+        let tags = json_text(&req.tags);
+        let actions = json_text(&req.actions);
+        let data = json_text(&req.data);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO notifications \
+             (event, title, body, priority, tags, url, actions, data, topic, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&req.event)
+        .bind(&req.title)
+        .bind(&req.body)
+        .bind(i64::from(req.priority.level()))
+        .bind(&tags)
+        .bind(&req.url)
+        .bind(&actions)
+        .bind(&data)
+        .bind(req.topic())
+        .bind(now)
+        .bind(expires)
+        .fetch_one(&mut self.conn)
+        .await?;
+        for target in &req.targets {
+            let (kind, name) = target_key(target);
+            sqlx::query(
+                "INSERT INTO notification_targets (kind, name, notification_id) VALUES (?, ?, ?)",
+            )
+            .bind(kind)
+            .bind(name)
+            .bind(id)
+            .execute(&mut self.conn)
+            .await?;
+        }
+        if let Some(key) = &req.idempotency_key {
+            sqlx::query(
+                "INSERT OR REPLACE INTO idempotency_keys (key, notification_id, created_at) \
+                 VALUES (?, ?, ?)",
+            )
+            .bind(key)
+            .bind(id)
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?;
+        }
+        let created_at = rows::from_ms(now);
+        let notification = Notification {
+            id: u64::try_from(id).unwrap_or(0),
+            event: req.event.clone(),
+            title: req.title.clone(),
+            body: req.body.clone(),
+            priority: req.priority,
+            tags: req.tags.clone(),
+            url: req.url.clone(),
+            actions: req.actions.clone(),
+            data: req.data.clone(),
+            topic: req.topic().map(str::to_owned),
+            created_at,
+            expires_at: rows::from_ms(expires),
+            read: false,
+        };
+        let published = Published {
+            id: notification.id,
+            created_at,
+            duplicate: false,
+        };
+        Ok((published, Some(notification)))
+    }
+
+    async fn head(&mut self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'notifications'), 0)",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+    }
+
+    async fn ack(&mut self, viewer: &Viewer, up_to: u64) -> Result<u64, sqlx::Error> {
+        // Never move the watermark past what exists, or later notifications would be
+        // skipped by the next ack.
+        let up_to = id_param(up_to).min(self.head().await?);
+        let from: i64 = sqlx::query_scalar(
+            "SELECT coalesce((SELECT acked_up_to FROM users WHERE user_id = ?), 0)",
+        )
+        .bind(&viewer.user)
+        .fetch_one(&mut self.conn)
+        .await?;
+        if up_to <= from {
+            return Ok(0);
+        }
+        let sql = format!(
+            "INSERT INTO user_state (user_id, notification_id, delivered_at) \
+             SELECT ?1, id, ?5 FROM ({VISIBLE_IDS}) WHERE true \
+             ON CONFLICT (user_id, notification_id) DO UPDATE \
+             SET delivered_at = excluded.delivered_at WHERE delivered_at IS NULL"
+        );
+        let marked = sqlx::query(&sql)
+            .bind(&viewer.user)
+            .bind(viewer.topics_json())
+            .bind(from)
+            .bind(up_to)
+            .bind(now_ms())
+            .execute(&mut self.conn)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "INSERT INTO users (user_id, acked_up_to) VALUES (?, ?) \
+             ON CONFLICT (user_id) DO UPDATE SET acked_up_to = max(acked_up_to, excluded.acked_up_to)",
+        )
+        .bind(&viewer.user)
+        .bind(up_to)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(marked)
+    }
+
+    async fn read(
+        &mut self,
+        viewer: &Viewer,
+        selection: &ReadSelection,
+    ) -> Result<u64, sqlx::Error> {
+        let upsert = "ON CONFLICT (user_id, notification_id) DO UPDATE \
+             SET read_at = excluded.read_at, \
+                 delivered_at = coalesce(delivered_at, excluded.delivered_at) \
+             WHERE read_at IS NULL";
+        let now = now_ms();
+        let result = match selection {
+            ReadSelection::UpTo(up_to) => {
+                let sql = format!(
+                    "INSERT INTO user_state (user_id, notification_id, delivered_at, read_at) \
+                     SELECT ?1, id, ?5, ?5 FROM ({VISIBLE_IDS}) WHERE true {upsert}"
+                );
+                sqlx::query(&sql)
+                    .bind(&viewer.user)
+                    .bind(viewer.topics_json())
+                    .bind(0i64)
+                    .bind(id_param(*up_to))
+                    .bind(now)
+                    .execute(&mut self.conn)
+                    .await?
+            }
+            ReadSelection::Ids(ids) => {
+                let sql = format!(
+                    "INSERT INTO user_state (user_id, notification_id, delivered_at, read_at) \
+                     SELECT ?1, j.value, ?3, ?3 FROM json_each(?4) j \
+                     WHERE EXISTS (SELECT 1 FROM notification_targets t \
+                        WHERE t.notification_id = j.value AND ( \
+                            (t.kind = 0 AND t.name = ?1) OR t.kind = 2 \
+                            OR (t.kind = 1 AND t.name IN (SELECT value FROM json_each(?2))))) \
+                     {upsert}"
+                );
+                let ids_json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+                sqlx::query(&sql)
+                    .bind(&viewer.user)
+                    .bind(viewer.topics_json())
+                    .bind(now)
+                    .bind(ids_json)
+                    .execute(&mut self.conn)
+                    .await?
+            }
+        };
+        Ok(result.rows_affected())
+    }
+
+    async fn subscribe(&mut self, user: &str, topic: &str, max: u32) -> Result<bool, StoreError> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM subscriptions WHERE user_id = ? AND topic = ?")
+                .bind(user)
+                .bind(topic)
+                .fetch_optional(&mut self.conn)
+                .await?;
+        if exists.is_some() {
+            return Ok(false);
+        }
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE user_id = ?")
+            .bind(user)
+            .fetch_one(&mut self.conn)
+            .await?;
+        if count >= i64::from(max) {
+            return Err(StoreError::TooManySubscriptions(max));
+        }
+        sqlx::query("INSERT INTO subscriptions (user_id, topic, created_at) VALUES (?, ?, ?)")
+            .bind(user)
+            .bind(topic)
+            .bind(now_ms())
+            .execute(&mut self.conn)
+            .await?;
+        Ok(true)
+    }
+
+    async fn prune(&mut self, max_per_target: u32) -> Result<PruneReport, sqlx::Error> {
+        let now = now_ms();
+        let expired = sqlx::query(
+            "DELETE FROM notifications WHERE id IN \
+             (SELECT id FROM notifications WHERE expires_at <= ? LIMIT ?)",
+        )
+        .bind(now)
+        .bind(PRUNE_CHUNK)
+        .execute(&mut self.conn)
+        .await?
+        .rows_affected();
+
+        let over: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT kind, name FROM notification_targets GROUP BY kind, name HAVING count(*) > ?",
+        )
+        .bind(i64::from(max_per_target))
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut trimmed_targets = 0;
+        for (kind, name) in &over {
+            trimmed_targets += sqlx::query(
+                "DELETE FROM notification_targets WHERE kind = ?1 AND name = ?2 \
+                 AND notification_id < (SELECT notification_id FROM notification_targets \
+                    WHERE kind = ?1 AND name = ?2 ORDER BY notification_id DESC LIMIT 1 OFFSET ?3)",
+            )
+            .bind(kind)
+            .bind(name)
+            .bind(i64::from(max_per_target) - 1)
+            .execute(&mut self.conn)
+            .await?
+            .rows_affected();
+        }
+        let mut trimmed = 0;
+        if trimmed_targets > 0 {
+            // Notifications left with no target at all are unreachable: delete them.
+            trimmed = sqlx::query(
+                "DELETE FROM notifications WHERE NOT EXISTS \
+                 (SELECT 1 FROM notification_targets t WHERE t.notification_id = notifications.id)",
+            )
+            .execute(&mut self.conn)
+            .await?
+            .rows_affected();
+        }
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at <= ?")
+            .bind(now - IDEMPOTENCY_WINDOW_MS)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(PruneReport { expired, trimmed })
+    }
+}
+
+/// JSON text of a value stored in a JSON column (strings, actions, JSON values: these
+/// always serialize).
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}

@@ -1,0 +1,233 @@
+//! Socket.IO event names and payloads.
+//!
+//! Subscribers connect to namespace [`SUBSCRIBER_NAMESPACE`] with [`HandshakeAuth`];
+//! publishers to [`PUBLISHER_NAMESPACE`] with [`PublisherAuth`].
+
+use crate::{ErrorBody, Notification};
+use serde::{Deserialize, Serialize};
+
+/// The subscribers' namespace.
+pub const SUBSCRIBER_NAMESPACE: &str = "/";
+/// The publishers' namespace.
+pub const PUBLISHER_NAMESPACE: &str = "/publisher";
+
+/// Server -> client: one batch of the catch-up ([`SyncBatch`]).
+pub const SYNC: &str = "sync";
+/// Server -> client: the catch-up is complete ([`Synced`]).
+pub const SYNCED: &str = "synced";
+/// Server -> client: one live notification ([`Notification`]).
+pub const NOTIFICATION: &str = "notification";
+/// Server -> client: notifications were marked read on another device ([`ReadEvent`]).
+/// Client -> server: mark notifications read ([`ReadRequest`]).
+pub const READ: &str = "read";
+/// Server -> client: the user's subscriptions changed on another device ([`TopicRequest`]).
+pub const SUBSCRIBED: &str = "subscribed";
+/// Server -> client: the user unsubscribed on another device ([`TopicRequest`]).
+pub const UNSUBSCRIBED: &str = "unsubscribed";
+/// Client -> server: everything up to this id is stored on the device ([`AckRequest`]).
+pub const ACK: &str = "ack";
+/// Client -> server: subscribe to a topic ([`TopicRequest`]).
+pub const SUBSCRIBE: &str = "subscribe";
+/// Client -> server: unsubscribe from a topic ([`TopicRequest`]).
+pub const UNSUBSCRIBE: &str = "unsubscribe";
+/// Publisher -> server: publish ([`crate::PublishRequest`]), acked with [`PublishReply`].
+pub const NOTIFY: &str = "notify";
+/// Publisher -> server: `[user_id, event, payload]`, the form many backends already use.
+pub const NOTIFY_USER: &str = "notify-user";
+/// Publisher -> server: `[[user_ids], event, payload]`.
+pub const NOTIFY_USERS: &str = "notify-users";
+
+/// The subscriber handshake's `auth` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeAuth {
+    /// The user token (a JWT signed by the hub).
+    pub token: String,
+    /// The highest id the client holds, or `null` for a first connection (the hub then
+    /// sends the user's unread notifications, newest 200).
+    #[serde(default)]
+    pub cursor: Option<u64>,
+}
+
+/// The publisher handshake's `auth` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublisherAuth {
+    /// A publish key.
+    pub key: String,
+}
+
+/// One batch of a catch-up, ascending by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncBatch {
+    /// The notifications, ascending.
+    pub notifications: Vec<Notification>,
+    /// Whether more batches follow before [`Synced`].
+    pub more: bool,
+}
+
+/// The end of a catch-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synced {
+    /// The hub's highest id when the catch-up ended. A client may set its cursor to `head`
+    /// once it has handled every batch of this catch-up.
+    pub head: u64,
+}
+
+/// Client -> server: everything up to `up_to` is stored on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRequest {
+    /// The highest id stored.
+    pub up_to: u64,
+}
+
+/// Mark notifications read: either a list of ids or everything up to an id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReadRequest {
+    /// These ids.
+    Ids {
+        /// The ids.
+        ids: Vec<u64>,
+    },
+    /// Every notification up to and including this id.
+    UpTo {
+        /// The highest id.
+        up_to: u64,
+    },
+}
+
+/// Server -> client: notifications were marked read by another device of the same user.
+/// Same shape as [`ReadRequest`].
+pub type ReadEvent = ReadRequest;
+
+/// Client -> server: (un)subscribe to a topic; server -> client: a subscription changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRequest {
+    /// The topic name.
+    pub topic: String,
+}
+
+/// Client -> server: send a catch-up again from this cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// The highest id the client holds (`null`: unread only, as at a first connection).
+    #[serde(default)]
+    pub cursor: Option<u64>,
+}
+
+/// The reply to every client event, through the Socket.IO ack callback:
+/// `{"ok": true}` or `{"error": {..}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// The event was handled.
+    Ok {
+        /// Always `true`.
+        ok: bool,
+    },
+    /// The event was refused.
+    Error {
+        /// Why.
+        error: ErrorBody,
+    },
+}
+
+impl Reply {
+    /// The success reply.
+    pub fn ok() -> Self {
+        Reply::Ok { ok: true }
+    }
+}
+
+impl From<ErrorBody> for Reply {
+    fn from(error: ErrorBody) -> Self {
+        Reply::Error { error }
+    }
+}
+
+/// The reply to a publisher's `notify`: `{"id": .., "created_at": ..}` or `{"error": ..}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PublishReply {
+    /// Published (or a repeat of an idempotency key).
+    Published(crate::PublishResponse),
+    /// Refused.
+    Error {
+        /// Why.
+        error: ErrorBody,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+    use serde_json::json;
+
+    #[test]
+    fn handshake_cursor_may_be_null_or_absent() {
+        let a: HandshakeAuth = serde_json::from_value(json!({"token": "t"})).expect("de");
+        assert_eq!(a.cursor, None);
+        let b: HandshakeAuth =
+            serde_json::from_value(json!({"token": "t", "cursor": null})).expect("de");
+        assert_eq!(b.cursor, None);
+        let c: HandshakeAuth =
+            serde_json::from_value(json!({"token": "t", "cursor": 42})).expect("de");
+        assert_eq!(c.cursor, Some(42));
+        assert_eq!(
+            serde_json::from_value::<HandshakeAuth>(serde_json::to_value(&c).expect("ser"))
+                .expect("de"),
+            c
+        );
+        assert!(serde_json::from_value::<HandshakeAuth>(json!({"cursor": 1})).is_err());
+        assert!(
+            serde_json::from_value::<HandshakeAuth>(json!({"token": "t", "cursor": -1})).is_err()
+        );
+    }
+
+    #[test]
+    fn read_request_has_two_shapes() {
+        let ids: ReadRequest = serde_json::from_value(json!({"ids": [1, 2]})).expect("de");
+        assert_eq!(ids, ReadRequest::Ids { ids: vec![1, 2] });
+        let up: ReadRequest = serde_json::from_value(json!({"up_to": 9})).expect("de");
+        assert_eq!(up, ReadRequest::UpTo { up_to: 9 });
+        assert_eq!(serde_json::to_value(&up).expect("ser"), json!({"up_to": 9}));
+        assert!(serde_json::from_value::<ReadRequest>(json!({"all": true})).is_err());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        assert_eq!(
+            serde_json::to_value(Reply::ok()).expect("ser"),
+            json!({"ok": true})
+        );
+        let e = Reply::from(ErrorBody::new(ErrorCode::RateLimited, "slow down"));
+        let v = serde_json::to_value(&e).expect("ser");
+        assert_eq!(v["error"]["code"], "rate_limited");
+        assert_eq!(serde_json::from_value::<Reply>(v).expect("de"), e);
+
+        let p = PublishReply::Published(crate::PublishResponse {
+            id: 3,
+            created_at: time::macros::datetime!(2026-01-01 0:00 UTC),
+            duplicate: false,
+        });
+        let v = serde_json::to_value(&p).expect("ser");
+        assert_eq!(v["id"], 3);
+        assert_eq!(serde_json::from_value::<PublishReply>(v).expect("de"), p);
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let b = SyncBatch {
+            notifications: vec![],
+            more: true,
+        };
+        let v = serde_json::to_value(&b).expect("ser");
+        assert_eq!(v, json!({"notifications": [], "more": true}));
+        assert_eq!(serde_json::from_value::<SyncBatch>(v).expect("de"), b);
+        let s = Synced { head: 10 };
+        assert_eq!(
+            serde_json::from_value::<Synced>(serde_json::to_value(s).expect("ser")).expect("de"),
+            s
+        );
+    }
+}
