@@ -7,24 +7,21 @@ use belfry_protocol::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
 use socketioxide::ParserError;
 
-/// The first argument of an event, decoded as `T`, or an `invalid_json` / `invalid_field`
-/// error that says what was expected.
+/// The first argument of an event (socketioxide hands a non-tuple `Data` the first
+/// argument), decoded as `T`, or an error that says what was expected.
 pub(crate) fn first_arg<T: DeserializeOwned>(
-    args: Result<Vec<serde_json::Value>, ParserError>,
+    arg: Result<serde_json::Value, ParserError>,
     expected: &str,
 ) -> Result<T, ErrorBody> {
-    let args = args.map_err(|e| {
+    let first = arg.map_err(|e| {
         ErrorBody::new(
             ErrorCode::InvalidJson,
-            format!("cannot decode the event: {e}"),
+            format!("cannot decode the event (expected {expected}): {e}"),
         )
     })?;
-    let first = args
-        .into_iter()
-        .next()
-        .ok_or_else(|| ErrorBody::new(ErrorCode::MissingField, format!("expected {expected}")))?;
-    serde_json::from_value(first)
-        .map_err(|e| ErrorBody::new(ErrorCode::InvalidField, format!("expected {expected}: {e}")))
+    serde_json::from_value(first).map_err(|e| {
+        ErrorBody::new(ErrorCode::InvalidField, format!("expected {expected}: {e}"))
+    })
 }
 
 /// The message a refused Socket.IO connection carries in `connect_error`: the stable code,

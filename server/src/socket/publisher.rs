@@ -15,7 +15,6 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy)]
 struct KeyIndex(usize);
 
-type ArgsResult = Result<Vec<serde_json::Value>, ParserError>;
 
 /// Registers the namespace.
 pub fn register(state: &SharedState) {
@@ -58,112 +57,94 @@ pub fn register(state: &SharedState) {
 }
 
 fn register_events(state: &SharedState, socket: &SocketRef) {
-    for (event, form) in [
-        (events::NOTIFY, Form::Notify),
-        (events::NOTIFY_USER, Form::User),
-        (events::NOTIFY_USERS, Form::Users),
-    ] {
+    let notify = state.clone();
+    socket.on(
+        events::NOTIFY,
+        move |socket: SocketRef, TryData(arg): TryData<serde_json::Value>, ack: AckSender| {
+            let state = notify.clone();
+            async move {
+                let request = first_arg(arg, "a publish request object");
+                reply(&state, &socket, ack, request).await;
+            }
+        },
+    );
+    for (event, many) in [(events::NOTIFY_USER, false), (events::NOTIFY_USERS, true)] {
         let state = state.clone();
         socket.on(
             event,
-            move |socket: SocketRef,
-                  TryData(args): TryData<Vec<serde_json::Value>>,
-                  ack: AckSender| {
+            move |socket: SocketRef, TryData(args): TryData<LegacyArgs>, ack: AckSender| {
                 let state = state.clone();
                 async move {
-                    let received = Instant::now();
-                    let reply = match socket.extensions.get::<KeyIndex>() {
-                        Some(KeyIndex(key)) => match form.request(args) {
-                            Ok(req) => match state.publish(key, req, received).await {
-                                Ok(p) => PublishReply::Published(PublishResponse {
-                                    id: p.id,
-                                    created_at: p.created_at,
-                                    duplicate: p.duplicate,
-                                }),
-                                Err(e) => PublishReply::Error { error: e.into() },
-                            },
-                            Err(error) => PublishReply::Error { error },
-                        },
-                        None => PublishReply::Error {
-                            error: ErrorBody::new(ErrorCode::Unauthorized, "not authenticated"),
-                        },
-                    };
-                    let _ = ack.send(&reply);
+                    let request = legacy_form(args, many);
+                    reply(&state, &socket, ack, request).await;
                 }
             },
         );
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Form {
-    Notify,
-    User,
-    Users,
+async fn reply(
+    state: &SharedState,
+    socket: &SocketRef,
+    ack: AckSender,
+    request: Result<PublishRequest, ErrorBody>,
+) {
+    let received = Instant::now();
+    let reply = match (socket.extensions.get::<KeyIndex>(), request) {
+        (None, _) => PublishReply::Error {
+            error: ErrorBody::new(ErrorCode::Unauthorized, "not authenticated"),
+        },
+        (Some(_), Err(error)) => PublishReply::Error { error },
+        (Some(KeyIndex(key)), Ok(req)) => match state.publish(key, req, received).await {
+            Ok(p) => PublishReply::Published(PublishResponse {
+                id: p.id,
+                created_at: p.created_at,
+                duplicate: p.duplicate,
+            }),
+            Err(e) => PublishReply::Error { error: e.into() },
+        },
+    };
+    let _ = ack.send(&reply);
 }
 
-impl Form {
-    fn request(self, args: ArgsResult) -> Result<PublishRequest, ErrorBody> {
-        match self {
-            Form::Notify => first_arg(args, "a publish request object"),
-            Form::User | Form::Users => {
-                let args = args.map_err(|e| {
-                    ErrorBody::new(
-                        ErrorCode::InvalidJson,
-                        format!("cannot decode the event: {e}"),
-                    )
-                })?;
-                let shape = if matches!(self, Form::User) {
-                    "[user_id, event, payload]"
-                } else {
-                    "[[user_id, ..], event, payload]"
-                };
-                let mut args = args.into_iter();
-                let (Some(who), Some(event), payload) = (args.next(), args.next(), args.next())
-                else {
-                    return Err(ErrorBody::new(
-                        ErrorCode::MissingField,
-                        format!("expected {shape}"),
-                    ));
-                };
-                let users: Vec<String> = match (self, who) {
-                    (Form::User, serde_json::Value::String(u)) => vec![u],
-                    (Form::User, serde_json::Value::Number(n)) => vec![n.to_string()],
-                    (Form::Users, serde_json::Value::Array(list)) => list
-                        .into_iter()
-                        .map(|v| match v {
-                            serde_json::Value::String(u) => Ok(u),
-                            serde_json::Value::Number(n) => Ok(n.to_string()),
-                            _ => Err(()),
-                        })
-                        .collect::<Result<_, _>>()
-                        .map_err(|()| {
-                            ErrorBody::field(
-                                ErrorCode::InvalidField,
-                                "users",
-                                format!("expected {shape}"),
-                            )
-                        })?,
-                    _ => {
-                        return Err(ErrorBody::field(
-                            ErrorCode::InvalidField,
-                            "users",
-                            format!("expected {shape}"),
-                        ));
-                    }
-                };
-                let serde_json::Value::String(event) = event else {
-                    return Err(ErrorBody::field(
-                        ErrorCode::InvalidField,
-                        "event",
-                        format!("expected {shape} with a string event"),
-                    ));
-                };
-                let targets = users.into_iter().map(|u| format!("user:{u}")).collect();
-                Ok(legacy_request(targets, event, payload.unwrap_or_default()))
-            }
-        }
-    }
+/// The three arguments of `notify-user` / `notify-users`.
+type LegacyArgs = (serde_json::Value, serde_json::Value, serde_json::Value);
+
+fn legacy_form(
+    args: Result<LegacyArgs, ParserError>,
+    many: bool,
+) -> Result<PublishRequest, ErrorBody> {
+    let shape = if many {
+        "three arguments: [user_id, ..], event, payload"
+    } else {
+        "three arguments: user_id, event, payload"
+    };
+    let (who, event, payload) = args
+        .map_err(|e| ErrorBody::new(ErrorCode::InvalidJson, format!("expected {shape}: {e}")))?;
+    let user = |v: serde_json::Value| match v {
+        serde_json::Value::String(u) => Some(u),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let bad_users = || ErrorBody::field(ErrorCode::InvalidField, "users", format!("expected {shape}"));
+    let users: Vec<String> = match (many, who) {
+        (false, v) => vec![user(v).ok_or_else(bad_users)?],
+        (true, serde_json::Value::Array(list)) => list
+            .into_iter()
+            .map(user)
+            .collect::<Option<_>>()
+            .ok_or_else(bad_users)?,
+        (true, _) => return Err(bad_users()),
+    };
+    let serde_json::Value::String(event) = event else {
+        return Err(ErrorBody::field(
+            ErrorCode::InvalidField,
+            "event",
+            format!("expected {shape} with a string event"),
+        ));
+    };
+    let targets = users.into_iter().map(|u| format!("user:{u}")).collect();
+    Ok(legacy_request(targets, event, payload))
 }
 
 /// Maps a free-form `(event, payload)` onto a publish request: `title`, `body` (or

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-type Args = TryData<Vec<serde_json::Value>>;
+type Args = TryData<serde_json::Value>;
 
 /// The cursor the client sent in its handshake.
 #[derive(Debug, Clone, Copy)]
@@ -171,7 +171,7 @@ fn register_events(state: &SharedState, socket: &SocketRef) {
     on!(events::SYNC, on_sync);
 }
 
-type ArgsResult = Result<Vec<serde_json::Value>, ParserError>;
+type ArgsResult = Result<serde_json::Value, ParserError>;
 
 async fn on_ack(
     state: &SharedState,

@@ -1,0 +1,214 @@
+//! Live delivery, isolation, catch-up and ordering against the real hub on a real port.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const QUIET: Duration = Duration::from_millis(400);
+
+#[tokio::test]
+async fn live_delivery_to_a_user_several_users_a_topic_and_all_reaches_only_them() {
+    let hub = TestHub::start().await;
+    let mut alice = synced_subscriber(&hub.url, &token("alice"), Some(0)).await;
+    let mut bob = synced_subscriber(&hub.url, &token("bob"), Some(0)).await;
+    let mut carol = synced_subscriber(&hub.url, &token("carol"), Some(0)).await;
+    // carol subscribes to deploys; nobody else does.
+    assert_eq!(carol.request("subscribe", json!({"topic": "deploys"})).await, json!({"ok": true}));
+
+    let to_alice = hub.publish_to("user:alice", "for alice").await;
+    let got = alice.live(1).await;
+    assert_eq!((got[0].id, got[0].title.as_str()), (to_alice, "for alice"));
+
+    let to_two = hub
+        .publish(json!({"to": ["user:alice", "user:bob"], "title": "for two"}))
+        .await
+        .id;
+    assert_eq!(alice.live(1).await[0].id, to_two);
+    assert_eq!(bob.live(1).await[0].id, to_two);
+
+    let to_topic = hub.publish_to("topic:deploys", "deployed").await;
+    let n = carol.live(1).await.remove(0);
+    assert_eq!((n.id, n.topic.as_deref()), (to_topic, Some("deploys")));
+
+    let to_all = hub.publish_to("all", "everyone").await;
+    for s in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(s.live(1).await[0].id, to_all);
+    }
+
+    // Nothing else arrived anywhere: carol never saw alice's or the pair's, alice and bob
+    // never saw the topic's.
+    for s in [&mut alice, &mut bob, &mut carol] {
+        if let Some(Event::Live(n)) = s.next_within(QUIET).await {
+            panic!("unexpected delivery {n:?}");
+        }
+    }
+    // A user who was not addressed does not see it over HTTP either.
+    let (status, page) = hub
+        .call(reqwest::Method::GET, "/notifications", &token("bob"), None)
+        .await;
+    assert_eq!(status, 200);
+    let ids: Vec<u64> = page["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![to_two, to_all]);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn catch_up_after_disconnect_delivers_exactly_what_was_missed_in_order() {
+    let hub = TestHub::start().await;
+    let before = hub.publish_to("user:dave", "seen before").await;
+    let dave = synced_subscriber(&hub.url, &token("dave"), Some(0)).await;
+    dave.close().await;
+
+    let mut published = Vec::new();
+    for i in 0..500 {
+        // Interleave other users' traffic, which must not show up.
+        if i % 50 == 0 {
+            hub.publish_to("user:erin", "not for dave").await;
+        }
+        published.push(hub.publish_to("user:dave", &format!("missed {i}")).await);
+    }
+    let mut dave = Subscriber::connect(&hub.url, &token("dave"), Some(before)).await;
+    let (caught, head, live) = dave.catch_up().await;
+    assert!(live.is_empty());
+    let ids: Vec<u64> = caught.iter().map(|n| n.id).collect();
+    assert_eq!(ids, published, "exactly the missed ones, ascending");
+    assert!(head >= *published.last().unwrap());
+    assert_eq!(caught[499].title, "missed 499");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn first_connection_without_cursor_gets_unread_only() {
+    let hub = TestHub::start().await;
+    let read = hub.publish_to("user:fay", "already read").await;
+    let unread = hub.publish_to("user:fay", "unread").await;
+    let (status, _) = hub
+        .call(
+            reqwest::Method::POST,
+            "/notifications/read",
+            &token("fay"),
+            Some(json!({"ids": [read]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut fay = Subscriber::connect(&hub.url, &token("fay"), None).await;
+    let (caught, head, _) = fay.catch_up().await;
+    assert_eq!(caught.iter().map(|n| n.id).collect::<Vec<_>>(), vec![unread]);
+    assert!(!caught[0].read);
+    assert_eq!(head, unread);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn catch_up_racing_live_publishes_leaves_no_gap() {
+    let hub = TestHub::start_with(|c| c.limits.catch_up_batch = 50).await;
+    let mut backlog = Vec::new();
+    for i in 0..400 {
+        backlog.push(hub.publish_to("user:gus", &format!("backlog {i}")).await);
+    }
+    // Publish continuously while gus connects and catches up.
+    let url = hub.url.clone();
+    let http = hub.http.clone();
+    let publisher = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..300 {
+            let r = http
+                .post(format!("{url}/api/v1/notifications"))
+                .bearer_auth(KEY)
+                .json(&json!({"to": ["user:gus"], "title": format!("racing {i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let body: serde_json::Value = r.json().await.unwrap();
+            ids.push(body["id"].as_u64().unwrap());
+        }
+        ids
+    });
+    let mut gus = Subscriber::connect(&hub.url, &token("gus"), Some(0)).await;
+    let (caught, head, mut live) = gus.catch_up().await;
+    let racing = publisher.await.unwrap();
+    // Everything after synced arrives live.
+    let mut held: BTreeSet<u64> = caught.iter().chain(live.iter()).map(|n| n.id).collect();
+    let expected: BTreeSet<u64> = backlog.iter().chain(racing.iter()).copied().collect();
+    while !expected.is_subset(&held) {
+        match gus.next().await {
+            Event::Live(n) => {
+                held.insert(n.id);
+                live.push(n);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(held, expected, "no gap and nothing foreign");
+    // Catch-up batches are ascending; live ones too (emitted in id order).
+    assert_ascending(&caught.iter().map(|n| n.id).collect::<Vec<_>>());
+    let mut live_ids: Vec<u64> = live.iter().map(|n| n.id).collect();
+    live_ids.dedup();
+    assert_ascending(&live_ids);
+    // The cursor rule: after synced, head covers everything caught up.
+    assert!(head >= *backlog.last().unwrap());
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn sync_request_replays_from_a_cursor() {
+    let hub = TestHub::start().await;
+    let ids = [
+        hub.publish_to("user:hal", "one").await,
+        hub.publish_to("user:hal", "two").await,
+    ];
+    let mut hal = synced_subscriber(&hub.url, &token("hal"), Some(ids[1])).await;
+    assert_eq!(hal.request("sync", json!({"cursor": 0})).await, json!({"ok": true}));
+    let (caught, _, _) = hal.catch_up().await;
+    assert_eq!(caught.iter().map(|n| n.id).collect::<Vec<_>>(), ids);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn every_device_of_a_user_gets_live_notifications() {
+    let hub = TestHub::start().await;
+    let mut laptop = synced_subscriber(&hub.url, &token("ivy"), Some(0)).await;
+    let mut phone = synced_subscriber(&hub.url, &token("ivy"), Some(0)).await;
+    let id = hub.publish_to("user:ivy", "both devices").await;
+    assert_eq!(laptop.live(1).await[0].id, id);
+    assert_eq!(phone.live(1).await[0].id, id);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn live_notifications_arrive_in_id_order_under_concurrent_publishers() {
+    let hub = TestHub::start().await;
+    let mut jan = synced_subscriber(&hub.url, &token("jan"), Some(0)).await;
+    let mut tasks = Vec::new();
+    for p in 0..8 {
+        let (url, http) = (hub.url.clone(), hub.http.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let r = http
+                    .post(format!("{url}/api/v1/notifications"))
+                    .bearer_auth(KEY)
+                    .json(&json!({"to": ["user:jan", "all"], "title": format!("p{p} #{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = jan.live(200).await;
+    assert_ascending(&got.iter().map(|n| n.id).collect::<Vec<_>>());
+    hub.stop().await;
+}
