@@ -187,11 +187,7 @@ impl AppState {
         let payload = TopicRequest {
             topic: topic.to_owned(),
         };
-        let mut op = self.io.to(rooms::user(user));
-        if let Some(sid) = except {
-            op = op.except(sid);
-        }
-        if let Err(e) = op.emit(event, &payload).await {
+        if let Err(e) = self.user_devices(user, except).emit(event, &payload).await {
             tracing::debug!(error = %e, "telling other devices about a subscription change");
         }
     }
@@ -219,15 +215,26 @@ impl AppState {
         let viewer = self.viewer(&claims.sub, &claims.allowed_topics()).await?;
         let marked = self.store.writer().read(viewer, selection).await?;
         if marked > 0 {
-            let mut op = self.io.to(rooms::user(&claims.sub));
-            if let Some(sid) = from {
-                op = op.except(sid);
-            }
-            if let Err(e) = op.emit(events::READ, &request).await {
+            let devices = self.user_devices(&claims.sub, from);
+            if let Err(e) = devices.emit(events::READ, &request).await {
                 tracing::debug!(error = %e, "telling other devices about a read");
             }
         }
         Ok(marked)
+    }
+
+    /// The user's connected devices, except the socket the change came from (a broadcast
+    /// from that socket leaves the sender out).
+    fn user_devices(
+        &self,
+        user: &str,
+        except: Option<Sid>,
+    ) -> socketioxide::operators::BroadcastOperators {
+        let room = rooms::user(user);
+        match except.and_then(|sid| self.io.get_socket(sid)) {
+            Some(sender) => sender.to(room),
+            None => self.io.to(room),
+        }
     }
 
     /// How many devices of `user` are connected to this hub.

@@ -17,7 +17,12 @@ async fn live_delivery_to_a_user_several_users_a_topic_and_all_reaches_only_them
     let mut bob = synced_subscriber(&hub.url, &token("bob"), Some(0)).await;
     let mut carol = synced_subscriber(&hub.url, &token("carol"), Some(0)).await;
     // carol subscribes to deploys; nobody else does.
-    assert_eq!(carol.request("subscribe", json!({"topic": "deploys"})).await, json!({"ok": true}));
+    assert_eq!(
+        carol
+            .request("subscribe", json!({"topic": "deploys"}))
+            .await,
+        json!({"ok": true})
+    );
 
     let to_alice = hub.publish_to("user:alice", "for alice").await;
     let got = alice.live(1).await;
@@ -102,7 +107,10 @@ async fn first_connection_without_cursor_gets_unread_only() {
     assert_eq!(status, 200);
     let mut fay = Subscriber::connect(&hub.url, &token("fay"), None).await;
     let (caught, head, _) = fay.catch_up().await;
-    assert_eq!(caught.iter().map(|n| n.id).collect::<Vec<_>>(), vec![unread]);
+    assert_eq!(
+        caught.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![unread]
+    );
     assert!(!caught[0].read);
     assert_eq!(head, unread);
     hub.stop().await;
@@ -168,7 +176,10 @@ async fn sync_request_replays_from_a_cursor() {
         hub.publish_to("user:hal", "two").await,
     ];
     let mut hal = synced_subscriber(&hub.url, &token("hal"), Some(ids[1])).await;
-    assert_eq!(hal.request("sync", json!({"cursor": 0})).await, json!({"ok": true}));
+    assert_eq!(
+        hal.request("sync", json!({"cursor": 0})).await,
+        json!({"ok": true})
+    );
     let (caught, _, _) = hal.catch_up().await;
     assert_eq!(caught.iter().map(|n| n.id).collect::<Vec<_>>(), ids);
     hub.stop().await;

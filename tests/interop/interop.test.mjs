@@ -360,12 +360,15 @@ test(
 
     const socket = makeSocket('/', { auth: { token, cursor: held.id } });
     const rec = record(socket, ['connect', 'connect_error', 'disconnect', 'sync', 'synced', 'notification']);
-    const upgraded = new Promise((resolve) => {
-      socket.io.on('open', () => socket.io.engine.once('upgrade', (t) => resolve(t.name)));
-    });
+    // The transport the Engine.IO session opened on, and the one it upgrades to. (On
+    // loopback the upgrade may complete before the Socket.IO `connect` event, so both are
+    // read from the engine itself.)
     let firstTransport = null;
-    socket.on('connect', () => {
-      firstTransport ??= socket.io.engine.transport.name;
+    const upgraded = new Promise((resolve) => {
+      socket.io.on('open', () => {
+        firstTransport = socket.io.engine.transport.name;
+        socket.io.engine.once('upgrade', (t) => resolve(t.name));
+      });
     });
     try {
       socket.connect();

@@ -19,9 +19,8 @@ pub(crate) fn first_arg<T: DeserializeOwned>(
             format!("cannot decode the event (expected {expected}): {e}"),
         )
     })?;
-    serde_json::from_value(first).map_err(|e| {
-        ErrorBody::new(ErrorCode::InvalidField, format!("expected {expected}: {e}"))
-    })
+    serde_json::from_value(first)
+        .map_err(|e| ErrorBody::new(ErrorCode::InvalidField, format!("expected {expected}: {e}")))
 }
 
 /// The message a refused Socket.IO connection carries in `connect_error`: the stable code,

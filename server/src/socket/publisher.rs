@@ -15,7 +15,6 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy)]
 struct KeyIndex(usize);
 
-
 /// Registers the namespace.
 pub fn register(state: &SharedState) {
     let on_connect = {
@@ -119,14 +118,20 @@ fn legacy_form(
     } else {
         "three arguments: user_id, event, payload"
     };
-    let (who, event, payload) = args
-        .map_err(|e| ErrorBody::new(ErrorCode::InvalidJson, format!("expected {shape}: {e}")))?;
+    let (who, event, payload) =
+        args.map_err(|e| ErrorBody::new(ErrorCode::InvalidJson, format!("expected {shape}: {e}")))?;
     let user = |v: serde_json::Value| match v {
         serde_json::Value::String(u) => Some(u),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     };
-    let bad_users = || ErrorBody::field(ErrorCode::InvalidField, "users", format!("expected {shape}"));
+    let bad_users = || {
+        ErrorBody::field(
+            ErrorCode::InvalidField,
+            "users",
+            format!("expected {shape}"),
+        )
+    };
     let users: Vec<String> = match (many, who) {
         (false, v) => vec![user(v).ok_or_else(bad_users)?],
         (true, serde_json::Value::Array(list)) => list

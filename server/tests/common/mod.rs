@@ -94,7 +94,10 @@ impl TestHub {
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "hub never became healthy");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "hub never became healthy"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -136,7 +139,9 @@ impl TestHub {
     }
 
     pub async fn publish_to(&self, target: &str, title: &str) -> u64 {
-        self.publish(json!({"to": [target], "title": title})).await.id
+        self.publish(json!({"to": [target], "title": title}))
+            .await
+            .id
     }
 
     /// A raw request with a key or token; returns status and JSON body.
@@ -147,14 +152,20 @@ impl TestHub {
         bearer: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self.http.request(method, self.api(path)).bearer_auth(bearer);
+        let mut req = self
+            .http
+            .request(method, self.api(path))
+            .bearer_auth(bearer);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 }
 
@@ -254,7 +265,10 @@ impl Subscriber {
 
     /// The next event if one comes within `d`.
     pub async fn next_within(&mut self, d: Duration) -> Option<Event> {
-        tokio::time::timeout(d, self.events.recv()).await.ok().flatten()
+        tokio::time::timeout(d, self.events.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Waits for the first connection error (a refused handshake).
@@ -290,11 +304,7 @@ impl Subscriber {
         let mut out = Vec::new();
         while seen.len() < n {
             match self.next().await {
-                Event::Live(note) => {
-                    if seen.insert(note.id) {
-                        out.push(note);
-                    }
-                }
+                Event::Live(note) if seen.insert(note.id) => out.push(note),
                 Event::Error(e) => panic!("error while waiting for live notifications: {e}"),
                 _ => {}
             }

@@ -1,0 +1,868 @@
+//! The HTTP API and the socket events around it: read sync, subscriptions, idempotency,
+//! expiry, receipts, presence, the publisher namespace, `/send`, and every bad input.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use futures_util::FutureExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn read_state_syncs_between_devices_both_ways() {
+    let hub = TestHub::start().await;
+    let t = token("kim");
+    let mut laptop = synced_subscriber(&hub.url, &t, Some(0)).await;
+    let mut phone = synced_subscriber(&hub.url, &t, Some(0)).await;
+    let a = hub.publish_to("user:kim", "a").await;
+    let b = hub.publish_to("user:kim", "b").await;
+    laptop.live(2).await;
+    phone.live(2).await;
+
+    // Read on the laptop over the socket: the phone hears it, the laptop does not echo.
+    assert_eq!(
+        laptop.request("read", json!({"ids": [a]})).await,
+        json!({"ok": true})
+    );
+    loop {
+        if let Event::Read(r) = phone.next().await {
+            assert_eq!(r, json!({"ids": [a]}));
+            break;
+        }
+    }
+    // Read over HTTP (another device): both sockets hear it.
+    let (status, body) = hub
+        .call(
+            Method::POST,
+            "/notifications/read",
+            &t,
+            Some(json!({"up_to": b})),
+        )
+        .await;
+    assert_eq!((status, body), (200, json!({"marked": 1})));
+    for s in [&mut laptop, &mut phone] {
+        loop {
+            match s.next().await {
+                Event::Read(r) => {
+                    assert_eq!(r, json!({"up_to": b}));
+                    break;
+                }
+                Event::Live(n) => panic!("unexpected {n:?}"),
+                _ => {}
+            }
+        }
+    }
+    // The list shows the read state; reading again changes nothing.
+    let (_, page) = hub.call(Method::GET, "/notifications", &t, None).await;
+    assert!(
+        page["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["read"] == true)
+    );
+    let (_, again) = hub
+        .call(
+            Method::POST,
+            "/notifications/read",
+            &t,
+            Some(json!({"ids": [a, b]})),
+        )
+        .await;
+    assert_eq!(again, json!({"marked": 0}));
+    // Another user cannot mark kim's notifications.
+    let (_, other) = hub
+        .call(
+            Method::POST,
+            "/notifications/read",
+            &token("lou"),
+            Some(json!({"ids": [a]})),
+        )
+        .await;
+    assert_eq!(other, json!({"marked": 0}));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_are_stored_per_user_and_shared_by_devices() {
+    let hub = TestHub::start().await;
+    let t = token("max");
+    let mut desktop = synced_subscriber(&hub.url, &t, Some(0)).await;
+    let mut laptop = synced_subscriber(&hub.url, &t, Some(0)).await;
+
+    // Subscribe over HTTP: both live sockets join the topic at once.
+    let (status, body) = hub
+        .call(Method::PUT, "/subscriptions/builds", &t, None)
+        .await;
+    assert_eq!((status, body), (200, json!({"topics": ["builds"]})));
+    let id = hub.publish_to("topic:builds", "build green").await;
+    assert_eq!(desktop.live(1).await[0].id, id);
+    assert_eq!(laptop.live(1).await[0].id, id);
+
+    // Subscribe over one socket: the other device is told and receives the topic too.
+    assert_eq!(
+        desktop
+            .request("subscribe", json!({"topic": "alerts"}))
+            .await,
+        json!({"ok": true})
+    );
+    loop {
+        if let Event::Subscribed(v) = laptop.next().await {
+            assert_eq!(v, json!({"topic": "alerts"}));
+            break;
+        }
+    }
+    let alert = hub.publish_to("topic:alerts", "disk").await;
+    assert_eq!(laptop.live(1).await[0].id, alert);
+    assert_eq!(desktop.live(1).await[0].id, alert);
+
+    // A new device sees the same list and catches up the topics' notifications.
+    let (_, list) = hub.call(Method::GET, "/subscriptions", &t, None).await;
+    assert_eq!(list, json!({"topics": ["alerts", "builds"]}));
+    let mut phone = Subscriber::connect(&hub.url, &t, Some(0)).await;
+    let (caught, _, _) = phone.catch_up().await;
+    assert_eq!(
+        caught.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![id, alert]
+    );
+
+    // Unsubscribe: no more deliveries.
+    let (status, body) = hub
+        .call(Method::DELETE, "/subscriptions/builds", &t, None)
+        .await;
+    assert_eq!((status, body), (200, json!({"topics": ["alerts"]})));
+    hub.publish_to("topic:builds", "not any more").await;
+    let marker = hub.publish_to("user:max", "marker").await;
+    let got = desktop.live(1).await;
+    assert_eq!(
+        got[0].id, marker,
+        "the unsubscribed topic's notification did not arrive"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn topics_outside_the_token_are_refused_and_never_joined() {
+    let hub = TestHub::start_with(|c| c.limits.max_subscriptions = 2).await;
+    let t = token_with_topics("ned", &["team.*", "ops"]);
+    let s = synced_subscriber(&hub.url, &t, Some(0)).await;
+    let r = s.request("subscribe", json!({"topic": "finance"})).await;
+    assert_eq!(code(&r), "topic_not_allowed");
+    let (status, body) = hub
+        .call(Method::PUT, "/subscriptions/finance", &t, None)
+        .await;
+    assert_eq!((status, code(&body)), (403, "topic_not_allowed"));
+    let r = s.request("subscribe", json!({"topic": "bad/name"})).await;
+    assert_eq!(code(&r), "invalid_field");
+    assert_eq!(
+        s.request("subscribe", json!({"topic": "team.a"})).await,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        s.request("subscribe", json!({"topic": "ops"})).await,
+        json!({"ok": true})
+    );
+    let (status, body) = hub
+        .call(Method::PUT, "/subscriptions/team.b", &t, None)
+        .await;
+    assert_eq!((status, code(&body)), (403, "too_many_subscriptions"));
+
+    // A subscription stored by a broader token is not joined by a narrower one.
+    let broad = token("ned");
+    hub.call(Method::DELETE, "/subscriptions/ops", &broad, None)
+        .await;
+    hub.call(Method::PUT, "/subscriptions/finance", &broad, None)
+        .await;
+    let mut narrow = synced_subscriber(&hub.url, &t, Some(0)).await;
+    hub.publish_to("topic:finance", "secret numbers").await;
+    let marker = hub.publish_to("user:ned", "marker").await;
+    assert_eq!(narrow.live(1).await[0].id, marker);
+    let (_, page) = hub.call(Method::GET, "/notifications", &t, None).await;
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 1);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_repeats_return_the_first_id_and_notify_nobody() {
+    let hub = TestHub::start().await;
+    let mut s = synced_subscriber(&hub.url, &token("oli"), Some(0)).await;
+    let body = json!({"to": ["user:oli"], "title": "once", "idempotency_key": "job-77"});
+    let first = hub.publish(body.clone()).await;
+    let (status, again) = hub
+        .call(Method::POST, "/notifications", KEY, Some(body))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["id"].as_u64(), Some(first.id));
+    assert_eq!(again["duplicate"], true);
+    let marker = hub.publish_to("user:oli", "marker").await;
+    let got = s.live(2).await;
+    assert_eq!(
+        got.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![first.id, marker]
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn expired_notifications_are_never_caught_up_and_get_pruned() {
+    let hub = TestHub::start().await;
+    let short = hub
+        .publish(json!({"to": ["user:pam"], "title": "short-lived", "ttl": 1}))
+        .await;
+    let long = hub.publish_to("user:pam", "long-lived").await;
+    let created = short.created_at;
+    let n = {
+        let (_, page) = hub
+            .call(Method::GET, "/notifications", &token("pam"), None)
+            .await;
+        page["notifications"][0].clone()
+    };
+    let expires: time::OffsetDateTime = time::OffsetDateTime::parse(
+        n["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(expires - created, time::Duration::seconds(1));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut s = Subscriber::connect(&hub.url, &token("pam"), Some(0)).await;
+    let (caught, _, _) = s.catch_up().await;
+    assert_eq!(caught.iter().map(|n| n.id).collect::<Vec<_>>(), vec![long]);
+    // The pruner (every 200 ms here) deletes it: receipts then say not found.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = hub
+            .call(
+                Method::GET,
+                &format!("/notifications/{}/receipts", short.id),
+                KEY,
+                None,
+            )
+            .await;
+        if status == 404 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn retention_cap_keeps_the_newest_per_target() {
+    let hub = TestHub::start_with(|c| c.retention.max_per_target = 5).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(hub.publish_to("user:quinn", &format!("n{i}")).await);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, page) = hub
+            .call(Method::GET, "/notifications", &token("quinn"), None)
+            .await;
+        let got: Vec<u64> = page["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_u64().unwrap())
+            .collect();
+        if got == ids[7..] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cap never applied: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn receipts_record_first_delivery_and_read_per_user() {
+    let hub = TestHub::start().await;
+    let mut rae = synced_subscriber(&hub.url, &token("rae"), Some(0)).await;
+    let id = hub
+        .publish(json!({"to": ["user:rae", "user:sam"], "title": "receipts"}))
+        .await
+        .id;
+    rae.live(1).await;
+    let (_, before) = hub
+        .call(
+            Method::GET,
+            &format!("/notifications/{id}/receipts"),
+            KEY,
+            None,
+        )
+        .await;
+    assert_eq!(before["receipts"].as_array().unwrap().len(), 2);
+    assert!(
+        before["receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["delivered_at"].is_null())
+    );
+
+    assert_eq!(
+        rae.request("ack", json!({"up_to": id})).await,
+        json!({"ok": true})
+    );
+    let (status, _) = hub
+        .call(
+            Method::POST,
+            "/notifications/read",
+            &token("sam"),
+            Some(json!({"ids": [id]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, after) = hub
+        .call(
+            Method::GET,
+            &format!("/notifications/{id}/receipts"),
+            KEY,
+            None,
+        )
+        .await;
+    let receipts = after["receipts"].as_array().unwrap();
+    assert_eq!(receipts[0]["user"], "rae");
+    assert!(receipts[0]["delivered_at"].is_string());
+    assert!(receipts[0]["read_at"].is_null());
+    assert_eq!(receipts[1]["user"], "sam");
+    assert!(
+        receipts[1]["delivered_at"].is_string(),
+        "reading implies delivery"
+    );
+    assert!(receipts[1]["read_at"].is_string());
+
+    // A user token cannot read receipts; an unknown id is 404.
+    let (status, body) = hub
+        .call(
+            Method::GET,
+            &format!("/notifications/{id}/receipts"),
+            &token("rae"),
+            None,
+        )
+        .await;
+    assert_eq!((status, code(&body)), (401, "invalid_publish_key"));
+    let (status, body) = hub
+        .call(Method::GET, "/notifications/999999/receipts", KEY, None)
+        .await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn presence_counts_connected_devices() {
+    let hub = TestHub::start().await;
+    let (_, p) = hub.call(Method::GET, "/presence/tia", KEY, None).await;
+    assert_eq!(p, json!({"online": false, "devices": 0}));
+    let a = synced_subscriber(&hub.url, &token("tia"), Some(0)).await;
+    let (_, p) = hub.call(Method::GET, "/presence/tia", KEY, None).await;
+    assert_eq!(p, json!({"online": true, "devices": 1}));
+    let b = synced_subscriber(&hub.url, &token("tia"), Some(0)).await;
+    let (_, p) = hub.call(Method::GET, "/presence/tia", KEY, None).await;
+    assert_eq!(p, json!({"online": true, "devices": 2}));
+    a.close().await;
+    b.close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, p) = hub.call(Method::GET, "/presence/tia", KEY, None).await;
+        if p == json!({"online": false, "devices": 0}) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence stuck at {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = hub
+        .call(Method::GET, "/presence/tia", &token("tia"), None)
+        .await;
+    assert_eq!((status, code(&body)), (401, "invalid_publish_key"));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn bad_publishes_get_clear_errors_and_store_nothing() {
+    let hub = TestHub::start().await;
+    let post = |body: String, ctype: &'static str, key: &'static str| {
+        let r = hub
+            .http
+            .post(hub.api("/notifications"))
+            .bearer_auth(key)
+            .header("content-type", ctype)
+            .body(body);
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let body: Value = r.json().await.unwrap();
+            (status, body, headers)
+        }
+    };
+    let json = "application/json";
+    let cases: Vec<(String, &str, &str, u16, &str)> = vec![
+        (
+            r#"{"to": ["user:a"], "title": "#.into(),
+            json,
+            KEY,
+            400,
+            "invalid_json",
+        ),
+        (
+            r#"{"to": ["user:a"]}"#.into(),
+            json,
+            KEY,
+            400,
+            "missing_field",
+        ),
+        (r#"{"title": "x"}"#.into(), json, KEY, 400, "missing_field"),
+        (
+            r#"{"to": ["room:a"], "title": "x"}"#.into(),
+            json,
+            KEY,
+            400,
+            "unknown_target",
+        ),
+        (
+            r#"{"to": [], "title": "x"}"#.into(),
+            json,
+            KEY,
+            400,
+            "invalid_field",
+        ),
+        (
+            r#"{"to": ["user:a"], "title": 5}"#.into(),
+            json,
+            KEY,
+            400,
+            "invalid_field",
+        ),
+        (
+            r#"{"to": ["user:a"], "title": "x", "priority": "loud"}"#.into(),
+            json,
+            KEY,
+            400,
+            "invalid_field",
+        ),
+        (
+            format!(r#"{{"to": ["user:a"], "title": "{}"}}"#, "t".repeat(257)),
+            json,
+            KEY,
+            400,
+            "invalid_field",
+        ),
+        (
+            format!(
+                r#"{{"to": ["user:a"], "title": "x", "data": {}1{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+            json,
+            KEY,
+            400,
+            "invalid_json",
+        ),
+        (
+            format!(
+                r#"{{"to": ["user:a"], "title": "x", "data": {}1{}}}"#,
+                "[".repeat(40),
+                "]".repeat(40)
+            ),
+            json,
+            KEY,
+            400,
+            "invalid_field",
+        ),
+        (
+            format!(r#"{{"to": ["user:a"], "title": "{}"}}"#, "x".repeat(70_000)),
+            json,
+            KEY,
+            413,
+            "payload_too_large",
+        ),
+        (
+            r#"{"to": ["user:a"], "title": "x"}"#.into(),
+            "text/plain",
+            KEY,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            r#"{"to": ["user:a"], "title": "x"}"#.into(),
+            json,
+            "wrong-key",
+            401,
+            "invalid_publish_key",
+        ),
+    ];
+    for (body, ctype, key, status, want) in cases {
+        let (got, body, _) = post(body, ctype, key).await;
+        assert_eq!((got, code(&body)), (status, want), "{body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // A user token is not a publish key, and a publish key is not a user token.
+    let (status, body) = hub
+        .call(
+            Method::POST,
+            "/notifications",
+            &token("uma"),
+            Some(json!({"to": ["all"], "title": "x"})),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (401, "invalid_publish_key"));
+    let (status, body) = hub.call(Method::GET, "/notifications", KEY, None).await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"));
+    // No credentials at all.
+    let r = hub
+        .http
+        .get(hub.api("/notifications"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    // Bad query.
+    let (status, body) = hub
+        .call(Method::GET, "/notifications?limit=0", &token("uma"), None)
+        .await;
+    assert_eq!((status, code(&body)), (400, "invalid_field"));
+    let (status, body) = hub
+        .call(Method::GET, "/notifications?after=-3", &token("uma"), None)
+        .await;
+    assert_eq!((status, code(&body)), (400, "invalid_field"));
+    // Nothing was stored by any of that, and the hub is healthy.
+    let (_, page) = hub
+        .call(Method::GET, "/notifications", &token("a"), None)
+        .await;
+    assert_eq!(page["notifications"], json!([]));
+    let health = hub
+        .http
+        .get(format!("{}/healthz", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn bad_and_expired_tokens_are_refused_at_the_handshake() {
+    let hub = TestHub::start().await;
+    let other = belfry_server::auth::TokenSigner::new("some-other-secret-entirely");
+    let expired = signer().sign(&json!({"sub": "vic", "exp": 1_000_000}));
+    let none_alg = {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b.encode(br#"{"alg":"none"}"#),
+            b.encode(br#"{"sub":"vic","exp":99999999999}"#)
+        )
+    };
+    let cases = [
+        (json!(null), "unauthorized"),
+        (json!({"cursor": 1}), "unauthorized"),
+        (json!({"token": "garbage"}), "token_malformed"),
+        (
+            json!({"token": other.mint("vic", None, 60)}),
+            "token_bad_signature",
+        ),
+        (json!({"token": expired}), "token_expired"),
+        (json!({"token": none_alg}), "token_bad_signature"),
+        (json!({"token": KEY}), "token_malformed"),
+        (
+            json!({"token": token("vic"), "cursor": "abc"}),
+            "unauthorized",
+        ),
+    ];
+    for (auth, want) in cases {
+        let mut s = Subscriber::connect_auth(&hub.url, auth.clone()).await;
+        let err = s.connect_error().await;
+        assert!(err.contains(want), "{auth}: {err}");
+        s.close().await;
+    }
+    // The refused sockets joined nothing: a publish to all reaches only a real client.
+    let mut ok = synced_subscriber(&hub.url, &token("vic"), Some(0)).await;
+    let id = hub.publish_to("all", "after refusals").await;
+    assert_eq!(ok.live(1).await[0].id, id);
+    let metrics = hub
+        .http
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("belfry_auth_failures_total 8"),
+        "{metrics}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn bad_socket_events_get_error_replies_and_the_socket_lives_on() {
+    let hub = TestHub::start_with(|c| {
+        c.limits.socket_event_rate = 1.0;
+        c.limits.socket_event_burst = 8;
+    })
+    .await;
+    let mut s = synced_subscriber(&hub.url, &token("wes"), Some(0)).await;
+    assert_eq!(
+        code(&s.request("ack", json!({"up_to": "x"})).await),
+        "invalid_field"
+    );
+    assert_eq!(
+        code(&s.request("read", json!({"all": true})).await),
+        "invalid_field"
+    );
+    assert_eq!(
+        code(&s.request("subscribe", json!("deploys")).await),
+        "invalid_field"
+    );
+    assert_eq!(
+        code(&s.request("sync", json!({"cursor": -1})).await),
+        "invalid_field"
+    );
+    assert_eq!(
+        code(&s.request("ack", json!([[[[1]]]])).await),
+        "invalid_field"
+    );
+    // Exhaust the event budget: rate_limited, not a disconnect.
+    let mut limited = 0;
+    for _ in 0..10 {
+        if code(&s.request("ack", json!({"up_to": 0})).await) == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 5, "only {limited} refused");
+    let id = hub.publish_to("user:wes", "still connected").await;
+    assert_eq!(s.live(1).await[0].id, id);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn publish_rate_limit_answers_429_with_retry_after() {
+    let hub = TestHub::start_with(|c| {
+        c.limits.publish_rate = 1.0;
+        c.limits.publish_burst = 3;
+    })
+    .await;
+    let body = json!({"to": ["user:xia"], "title": "x"});
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..5 {
+        let r = hub
+            .http
+            .post(hub.api("/notifications"))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(code(&body), "rate_limited");
+        }
+    }
+    assert_eq!(&statuses[..3], &[201, 201, 201]);
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let (_, page) = hub
+        .call(Method::GET, "/notifications", &token("xia"), None)
+        .await;
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 3);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn publisher_namespace_notifies_in_all_three_forms() {
+    let hub = TestHub::start().await;
+    let mut yan = synced_subscriber(&hub.url, &token("yan"), Some(0)).await;
+    let mut zoe = synced_subscriber(&hub.url, &token("zoe"), Some(0)).await;
+    let publisher = client_builder(&hub.url, "/publisher", json!({"key": KEY}))
+        .connect()
+        .await
+        .unwrap();
+    // The transport connects before the namespace does; the first emit may need a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = emit_with_reply(
+        &publisher,
+        "notify",
+        json!({"to": ["user:yan"], "title": "via socket"}),
+    )
+    .await;
+    let id = r["id"].as_u64().expect("an id");
+    assert_eq!(yan.live(1).await[0].id, id);
+
+    let bad = emit_with_reply(&publisher, "notify", json!({"to": ["user:yan"]})).await;
+    assert_eq!(code(&bad), "missing_field");
+
+    publisher
+        .emit(
+            "notify-user",
+            rust_socketio::Payload::Text(vec![
+                json!("zoe"),
+                json!("invoice.paid"),
+                json!({"message": "Paid: 12 EUR", "amount": 12}),
+            ]),
+        )
+        .await
+        .unwrap();
+    let n = zoe.live(1).await.remove(0);
+    assert_eq!(
+        (n.event.as_str(), n.title.as_str(), n.body.as_str()),
+        ("invoice.paid", "invoice.paid", "Paid: 12 EUR")
+    );
+    assert_eq!(n.data["amount"], 12);
+
+    publisher
+        .emit(
+            "notify-users",
+            rust_socketio::Payload::Text(vec![
+                json!(["yan", "zoe"]),
+                json!("chat.message"),
+                json!({"title": "New message"}),
+            ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(yan.live(1).await[0].title, "New message");
+    assert_eq!(zoe.live(1).await[0].title, "New message");
+    let _ = publisher.disconnect().await;
+
+    // A wrong key, or a user token, is refused.
+    for auth in [
+        json!({"key": "nope"}),
+        json!({"key": token("yan")}),
+        json!(null),
+    ] {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let c = client_builder(&hub.url, "/publisher", auth)
+            .on("error", move |p, _| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(format!("{p:?}"));
+                }
+                .boxed()
+            })
+            .connect()
+            .await
+            .unwrap();
+        let err = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            err.contains("invalid_publish_key") || err.contains("unauthorized"),
+            "{err}"
+        );
+        let _ = c.disconnect().await;
+    }
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn send_compat_endpoint_accepts_the_socket_io_notify_form() {
+    let hub = TestHub::start().await;
+    let t = token("ada");
+    hub.call(Method::PUT, "/subscriptions/ops", &t, None).await;
+    hub.call(Method::PUT, "/subscriptions/ci", &t, None).await;
+    let mut ada = synced_subscriber(&hub.url, &t, Some(0)).await;
+
+    let r = hub
+        .http
+        .post(format!("{}/send", hub.url))
+        .header("notification_secret", KEY)
+        .form(&[
+            ("notification", "Backup finished"),
+            ("channel[]", "ops"),
+            ("channel[]", "ci"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let n = ada.live(1).await.remove(0);
+    assert_eq!(
+        (n.title.as_str(), n.topic.as_deref()),
+        ("Backup finished", Some("ops"))
+    );
+
+    let r = hub
+        .http
+        .post(format!("{}/send", hub.url))
+        .header("notification_secret", KEY)
+        .json(&json!({"channel": "ops", "notification": {"title": "Disk", "body": "95%", "priority": "urgent"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let n = ada.live(1).await.remove(0);
+    assert_eq!((n.title.as_str(), n.body.as_str()), ("Disk", "95%"));
+    assert_eq!(n.priority, belfry_protocol::Priority::Urgent);
+
+    let r = hub
+        .http
+        .post(format!("{}/send", hub.url))
+        .header("notification_secret", "wrong")
+        .form(&[("notification", "x"), ("channel", "ops")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = hub
+        .http
+        .post(format!("{}/send", hub.url))
+        .header("notification_secret", KEY)
+        .form(&[("channel", "not a topic!")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_and_health_report_activity() {
+    let hub = TestHub::start().await;
+    let mut s = synced_subscriber(&hub.url, &token("bea"), Some(0)).await;
+    hub.publish_to("user:bea", "counted").await;
+    s.live(1).await;
+    let text = hub
+        .http
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "belfry_connections 1",
+        "belfry_publishes_total 1",
+        "belfry_deliveries_total 1",
+        "belfry_publish_to_emit_seconds_count 1",
+        "belfry_catch_up_batches_total 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let (status, body) = hub.call(Method::GET, "/nope", KEY, None).await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    hub.stop().await;
+}
