@@ -1,0 +1,46 @@
+# Belfry: `make run` starts the hub; `make test` runs everything. Both install what is
+# missing first (scripts/setup.sh).
+
+CARGO ?= cargo
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+DATA_DIR ?= $(CURDIR)/belfry-data
+LISTEN ?= 127.0.0.1:8080
+PATH := $(HOME)/.cargo/bin:$(PATH)
+export PATH
+
+.PHONY: run test setup setup-test build test-rust test-interop fmt lint clean-data
+
+## run: the hub on its embedded SQLite, in ./belfry-data (prints its publish key at first start)
+run: setup
+	$(CARGO) build --release -p belfry-server
+	$(CARGO_TARGET_DIR)/release/belfry-server serve --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+## test: every test (Rust unit and integration tests, the JavaScript client interop test)
+test: setup-test test-rust test-interop
+
+setup:
+	@bash scripts/setup.sh
+
+setup-test:
+	@bash scripts/setup.sh --test
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+test-rust:
+	$(CARGO) test --workspace
+
+test-interop:
+	$(CARGO) build -p belfry-server
+	cd tests/interop && BELFRY_SERVER_BIN=$(CARGO_TARGET_DIR)/debug/belfry-server npm test
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## clean-data: forget the local hub's notifications and secrets
+clean-data:
+	rm -rf $(DATA_DIR)

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what building and testing Belfry needs on Debian or Ubuntu, skipping what is
+# already there: apt packages (as root, or with sudo), a Rust toolchain new enough for the
+# workspace (rustup, if cargo is missing or too old), and with --test the npm packages of
+# the interop tests from their lockfile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_tests=0
+[ "${1:-}" = "--test" ] && want_tests=1
+
+apt_packages=(build-essential pkg-config libssl-dev ca-certificates curl)
+[ "$want_tests" = 1 ] && apt_packages+=(nodejs npm)
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# A node from elsewhere (nvm, nodesource) is fine too.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  filtered=()
+  for p in "${missing[@]}"; do
+    case "$p" in nodejs|npm) ;; *) filtered+=("$p") ;; esac
+  done
+  missing=("${filtered[@]+"${filtered[@]}"}")
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Rust: the workspace needs rustc >= 1.94 (edition 2024, socketioxide 0.18.9).
+need_minor=94
+have_minor=0
+if command -v rustc >/dev/null; then
+  have_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+fi
+if [ "$have_minor" -lt "$need_minor" ]; then
+  if command -v rustup >/dev/null; then
+    rustup toolchain install stable --profile minimal
+    rustup default stable
+  else
+    echo "setup: installing Rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+fi
+
+if [ "$want_tests" = 1 ] && command -v rustup >/dev/null; then
+  # make lint needs these; rustup's minimal profile leaves them out.
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+fi
+
+if [ "$want_tests" = 1 ]; then
+  if [ ! -d tests/interop/node_modules ] || [ tests/interop/package-lock.json -nt tests/interop/node_modules ]; then
+    (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi
