@@ -255,34 +255,39 @@ pub async fn catch_up(
     let mut cursor = match from {
         CatchUpFrom::Cursor(Some(cursor)) => cursor,
         CatchUpFrom::Cursor(None) => {
+            // Head first: the query after it covers every id up to it (see below).
+            let head = state.store.head().await?;
             let unread = state
                 .store
                 .unread(&viewer, crate::store::UNREAD_ON_FIRST_CONNECT)
                 .await?;
             emit_batch(state, socket, unread, false).await?;
-            let head = state.store.head().await?;
             return emit_paced(socket, events::SYNCED, &Synced { head }).await;
         }
         CatchUpFrom::Lag => {
+            if session.lag().is_none() {
+                return Ok(());
+            }
             // An empty batch first: it tells the client a catch-up is running, so it stops
             // advancing its cursor on live notifications until `synced`. Only then may
-            // live delivery resume.
+            // live delivery resume. (Only a recovery clears the lag, and recoveries run
+            // one at a time, so it is still set.)
             emit_batch(state, socket, Vec::new(), true).await?;
-            match session.lag().take() {
-                Some(first_missed) => first_missed.saturating_sub(1),
-                None => return Ok(()),
-            }
+            session.lag().take().unwrap_or(1).saturating_sub(1)
         }
     };
     loop {
+        // `head` is read before the page: everything committed up to it is then in this
+        // page or an earlier one. Read after, it could name an id committed meanwhile
+        // whose live emit has not reached the socket yet; a client that moved its cursor
+        // to it and dropped off would skip that id.
+        let head = state.store.head().await?;
         let page = state.store.page(&viewer, cursor, batch).await?;
         let more = page.more;
         emit_batch(state, socket, page.notifications, more).await?;
         match page.last_id {
             Some(last) if more => cursor = last,
-            _ => break,
+            _ => return emit_paced(socket, events::SYNCED, &Synced { head }).await,
         }
     }
-    let head = state.store.head().await?;
-    emit_paced(socket, events::SYNCED, &Synced { head }).await
 }

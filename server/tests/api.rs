@@ -864,5 +864,7 @@ async fn metrics_and_health_report_activity() {
     }
     let (status, body) = hub.call(Method::GET, "/nope", KEY, None).await;
     assert_eq!((status, code(&body)), (404, "not_found"));
+    let (status, body) = hub.call(Method::DELETE, "/notifications", KEY, None).await;
+    assert_eq!((status, code(&body)), (405, "method_not_allowed"));
     hub.stop().await;
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use futures_util::FutureExt;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -221,5 +222,107 @@ async fn live_notifications_arrive_in_id_order_under_concurrent_publishers() {
     }
     let got = jan.live(200).await;
     assert_ascending(&got.iter().map(|n| n.id).collect::<Vec<_>>());
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_caught_up_instead_of_losing_notifications() {
+    let hub = TestHub::start_with(|c| {
+        c.limits.publish_rate = 100_000.0;
+        c.limits.publish_burst = 100_000;
+    })
+    .await;
+    // A client whose handler blocks: while blocked it reads nothing from its connection,
+    // so the kernel buffers and then the hub's per-socket buffer fill up.
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let (got_tx, mut got_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
+    let client = client_builder(&hub.url, "/", json!({"token": token("slo"), "cursor": 0}))
+        .on_any(move |event, payload, _c| {
+            let (gate, got) = (gate_rx.clone(), got_tx.clone());
+            async move {
+                let mut gate = gate;
+                let _ = gate.wait_for(|open| *open).await;
+                if let rust_socketio::Payload::Text(mut v) = payload {
+                    let _ = got.send((String::from(event), v.remove(0)));
+                }
+            }
+            .boxed()
+        })
+        .connect()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // ~4 KB each: far more than the socket buffers hold.
+    let body = "x".repeat(4000);
+    let mut published = Vec::new();
+    let metrics_url = format!("{}/metrics", hub.url);
+    for i in 0..6000 {
+        published.push(
+            hub.publish(json!({"to": ["user:slo"], "title": format!("n{i}"), "body": body}))
+                .await
+                .id,
+        );
+        if i % 500 == 499 {
+            let m = hub
+                .http
+                .get(&metrics_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if !m.contains("belfry_lagged_total 0") {
+                break;
+            }
+        }
+    }
+    let m = hub
+        .http
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !m.contains("belfry_lagged_total 0"),
+        "the socket never fell behind:\n{m}"
+    );
+    // Other users are not held up meanwhile.
+    let mut fast = synced_subscriber(&hub.url, &token("fst"), Some(0)).await;
+    let quick = hub.publish_to("user:fst", "not delayed").await;
+    assert_eq!(fast.live(1).await[0].id, quick);
+
+    // Let the slow client read again: it ends with every id, through live and catch-up.
+    gate_tx.send(true).unwrap();
+    let expected: BTreeSet<u64> = published.iter().copied().collect();
+    let mut held = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !expected.is_subset(&held) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (event, value) = tokio::time::timeout(left, got_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("stuck at {} of {}", held.len(), expected.len()))
+            .unwrap();
+        match event.as_str() {
+            "notification" => {
+                held.insert(value["id"].as_u64().unwrap());
+            }
+            "sync" => held.extend(
+                value["notifications"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n["id"].as_u64().unwrap()),
+            ),
+            _ => {}
+        }
+    }
+    assert_eq!(held, expected);
+    let _ = client.disconnect().await;
     hub.stop().await;
 }

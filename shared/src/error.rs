@@ -39,6 +39,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// The thing asked for does not exist.
     NotFound,
+    /// The endpoint exists but does not take this HTTP method.
+    MethodNotAllowed,
     /// Too many requests or events; retry later (HTTP gives `Retry-After`).
     RateLimited,
     /// The hub's store is unreachable or the hub is shutting down.
@@ -66,6 +68,7 @@ impl ErrorCode {
             ErrorCode::TopicNotAllowed => "topic_not_allowed",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -88,6 +91,7 @@ impl ErrorCode {
                 403
             }
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,

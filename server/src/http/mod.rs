@@ -39,7 +39,7 @@ pub fn routes(state: &SharedState) -> Router<SharedState> {
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                ErrorCode::NotFound,
+                ErrorCode::MethodNotAllowed,
                 "this endpoint does not take that method",
             )
         })
