@@ -18,6 +18,7 @@ use serde::Serialize;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -58,6 +59,12 @@ pub struct Session {
     lag: Mutex<Option<u64>>,
     /// Held for the whole of a catch-up, so catch-ups never interleave on one socket.
     catching_up: tokio::sync::Mutex<()>,
+    /// A client `sync` waiting to run: the cursor it asked for.
+    pending_sync: Mutex<Option<Option<u64>>>,
+    /// The highest id this socket acknowledged (acks at or below it are no-ops).
+    acked: AtomicU64,
+    /// Whether this socket is counted in the connections gauge.
+    counted: AtomicBool,
 }
 
 impl Session {
@@ -73,7 +80,39 @@ impl Session {
             claims,
             lag: Mutex::new(None),
             catching_up: tokio::sync::Mutex::new(()),
+            pending_sync: Mutex::new(None),
+            acked: AtomicU64::new(0),
+            counted: AtomicBool::new(false),
         }
+    }
+
+    /// The lock held for the whole of a catch-up.
+    pub fn catching_up(&self) -> &tokio::sync::Mutex<()> {
+        &self.catching_up
+    }
+
+    /// Records an ack; `false` when it acknowledges nothing new.
+    pub fn raise_acked(&self, up_to: u64) -> bool {
+        self.acked.fetch_max(up_to, Relaxed) < up_to
+    }
+
+    /// Marks the socket as counted in the connections gauge.
+    pub fn count(&self) {
+        self.counted.store(true, Relaxed);
+    }
+
+    /// Un-counts the socket; `true` the first time only.
+    pub fn uncount(&self) -> bool {
+        self.counted.swap(false, Relaxed)
+    }
+
+    /// Queues a client's catch-up request; `true` when no request was waiting (the caller
+    /// then starts one), `false` when it merged into the waiting one.
+    pub fn request_sync(&self, cursor: Option<u64>) -> bool {
+        let mut pending = self.pending_sync.lock().unwrap_or_else(|p| p.into_inner());
+        let was_waiting = pending.is_some();
+        *pending = Some(cursor);
+        !was_waiting
     }
 
     fn lag(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
@@ -98,7 +137,7 @@ pub async fn run(state: SharedState, mut committed: mpsc::Receiver<Vec<Committed
 
 fn deliver(state: &SharedState, c: &Committed) {
     let rooms: Vec<String> = c.targets.iter().map(Target::to_string).collect();
-    let sockets = state.io.to(rooms).sockets();
+    let sockets = state.sockets_in(rooms);
     if !sockets.is_empty() {
         // Serialize once; each socket's emit then copies the raw text.
         let raw = match serde_json::value::to_raw_value(&c.notification) {
@@ -145,9 +184,7 @@ fn emit_live(
             tracing::debug!(sid = %socket.id, id, "socket fell behind; recovering by catch-up");
             let (state, socket, session) = (state.clone(), socket.clone(), session.clone());
             tokio::spawn(async move {
-                if let Err(e) = catch_up(&state, &socket, &session, CatchUpFrom::Lag).await {
-                    tracing::debug!(sid = %socket.id, error = %e, "recovery ended");
-                }
+                catch_up(&state, &socket, &session, CatchUpFrom::Lag).await;
             });
             false
         }
@@ -204,10 +241,10 @@ async fn emit_paced<T: Serialize + ?Sized>(
                 return Err(CatchUpError::SocketGone);
             }
             Err(_) => {
-                if socket.connected() {
-                    tracing::info!(sid = %socket.id, "socket stalled during catch-up; disconnecting");
-                    let _ = socket.clone().disconnect();
-                }
+                // Still full after STALLED_AFTER: the client reads nothing. A disconnect
+                // packet would not fit either; Engine.IO's heartbeat, whose ping cannot
+                // be queued now, closes the connection.
+                tracing::info!(sid = %socket.id, "socket stalled during catch-up");
                 return Err(CatchUpError::SocketGone);
             }
         }
@@ -239,14 +276,58 @@ async fn emit_batch(
 }
 
 /// Sends a socket everything visible to its user after `from`, in `sync` batches, then
-/// `synced`. The socket must already be in its rooms.
+/// `synced`, once no other catch-up runs on it. The socket must already be in its rooms.
 pub async fn catch_up(
     state: &SharedState,
     socket: &SocketRef,
     session: &Session,
     from: CatchUpFrom,
+) {
+    let guard = session.catching_up.lock().await;
+    catch_up_locked(state, socket, session, from, guard).await;
+}
+
+/// Runs the catch-up a client asked for with `sync` (the latest, if several piled up).
+pub async fn requested_catch_up(state: &SharedState, socket: &SocketRef, session: &Session) {
+    let guard = session.catching_up.lock().await;
+    let cursor = session
+        .pending_sync
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(cursor) = cursor {
+        catch_up_locked(state, socket, session, CatchUpFrom::Cursor(cursor), guard).await;
+    }
+}
+
+/// [`catch_up`] for a caller that already holds the session's catch-up lock. A store
+/// failure disconnects the socket: left as it is, it could wait forever for a `synced`
+/// (or, lagging, for live notifications), while reconnecting resumes from its cursor.
+pub async fn catch_up_locked(
+    state: &SharedState,
+    socket: &SocketRef,
+    session: &Session,
+    from: CatchUpFrom,
+    _guard: tokio::sync::MutexGuard<'_, ()>,
+) {
+    match run_catch_up(state, socket, session, from).await {
+        Ok(()) => {}
+        Err(CatchUpError::SocketGone) => {
+            tracing::debug!(sid = %socket.id, "catch-up ended: socket gone or stalled");
+        }
+        Err(CatchUpError::Store(e)) => {
+            tracing::warn!(sid = %socket.id, error = %e, "catch-up failed; disconnecting so the client resumes");
+            let _ = socket.clone().disconnect();
+        }
+    }
+}
+
+async fn run_catch_up(
+    state: &SharedState,
+    socket: &SocketRef,
+    session: &Session,
+    from: CatchUpFrom,
 ) -> Result<(), CatchUpError> {
-    let _one_at_a_time = session.catching_up.lock().await;
     if !socket.connected() {
         return Err(CatchUpError::SocketGone);
     }

@@ -52,16 +52,16 @@ impl Hub {
     /// Socket.IO namespaces.
     pub async fn start(config: Config) -> anyhow::Result<Hub> {
         tokio::fs::create_dir_all(&config.data_dir).await?;
-        let url = config
-            .database_url
-            .clone()
-            .unwrap_or_else(|| store::Store::default_url(&config.data_dir));
-        let (store, writer) = store::Store::open(&url).await?;
+        let (store, writer) =
+            store::Store::open(&config.data_dir, config.database_url.as_deref()).await?;
         let (layer, io) = SocketIo::builder()
             .transports([TransportType::Websocket, TransportType::Polling])
             .ping_interval(config.heartbeat.interval)
             .ping_timeout(config.heartbeat.timeout)
             .max_payload(2 * belfry_protocol::limits::MAX_BODY_BYTES as u64)
+            // The same bound over WebSocket (max_payload covers polling only).
+            .ws_max_message_size(2 * belfry_protocol::limits::MAX_BODY_BYTES)
+            .ws_max_frame_size(2 * belfry_protocol::limits::MAX_BODY_BYTES)
             .build_layer();
         let state = Arc::new(AppState::new(store, io, config));
         socket::subscriber::register(&state);
@@ -99,10 +99,23 @@ impl Hub {
 
 /// The whole HTTP + Socket.IO application for a state and its Socket.IO layer.
 pub fn app(state: SharedState, io_layer: socketioxide::layer::SocketIoLayer) -> axum::Router {
-    http::routes(&state)
+    let mut router = http::routes()
         .layer(io_layer)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    // Outside the Socket.IO layer, so polling responses carry CORS headers too.
+    if let Some(cors) = http::cors(&state.config.cors_origins) {
+        router = router.layer(cors);
+    }
+    router.with_state(state)
+}
+
+/// The Socket.IO part of shutdown: publisher events in flight get their answers (up to a
+/// few seconds), then every socket is closed.
+async fn stop_sockets(state: &SharedState, io: &SocketIo) {
+    state
+        .drain_publishers(std::time::Duration::from_secs(5))
+        .await;
+    io.close().await;
 }
 
 /// Serves the hub on `listener` until `shutdown` resolves, then stops accepting, closes
@@ -116,6 +129,7 @@ pub async fn run(
     let hub = Hub::start(config).await?;
     let router = hub.router();
     let io = hub.state.io.clone();
+    let state = hub.state.clone();
     let addr = listener.local_addr()?;
     match tls {
         None => {
@@ -124,7 +138,7 @@ pub async fn run(
                 .with_graceful_shutdown(async move {
                     shutdown.await;
                     tracing::info!("shutting down");
-                    io.close().await;
+                    stop_sockets(&state, &io).await;
                 })
                 .await?;
         }
@@ -141,7 +155,7 @@ pub async fn run(
             tokio::spawn(async move {
                 shutdown.await;
                 tracing::info!("shutting down");
-                io.close().await;
+                stop_sockets(&state, &io).await;
                 stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
             axum_server::from_tcp_rustls(listener.into_std()?, tls)?

@@ -10,6 +10,8 @@ use crate::store::{Published, ReadSelection, Store, Viewer};
 use belfry_protocol::events::{self, ReadRequest, TopicRequest};
 use belfry_protocol::{ErrorBody, ErrorCode, PublishRequest, TopicPatterns, validate_topic};
 use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::Sid;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,9 @@ pub struct AppState {
     pub tokens: TokenSigner,
     /// Accepted publish keys.
     pub keys: PublishKeys,
+    /// Per publish key, a fingerprint that scopes its idempotency keys (so two backends
+    /// using the same idempotency key never swallow each other's publishes).
+    key_scopes: Vec<String>,
     /// The configuration.
     pub config: Config,
     /// Metrics.
@@ -33,7 +38,19 @@ pub struct AppState {
     /// One bucket per publish key (indexed like `keys`). A std mutex: held for a few
     /// instructions, never across an await.
     publish_buckets: Mutex<Vec<TokenBucket>>,
+    /// Per-user serialisation of room membership changes (connect, subscribe,
+    /// unsubscribe), striped by a hash of the user id: without it a subscribe racing a
+    /// connect could leave a socket outside a room its user subscribed to.
+    user_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Set when shutdown begins: publisher events are refused from then on.
+    shutting_down: std::sync::atomic::AtomicBool,
+    /// Publisher events in flight (shutdown waits for them before closing sockets).
+    publishing: std::sync::atomic::AtomicUsize,
+    publishing_done: tokio::sync::Notify,
 }
+
+/// Stripes of [`AppState`]'s per-user locks.
+const USER_LOCK_STRIPES: usize = 64;
 
 /// The state as handlers hold it.
 pub type SharedState = Arc<AppState>;
@@ -51,9 +68,20 @@ impl AppState {
             io,
             tokens: TokenSigner::new(config.jwt_secret.as_bytes().to_vec()),
             keys: PublishKeys::new(config.publish_keys.iter().cloned()),
+            key_scopes: config
+                .publish_keys
+                .iter()
+                .map(|k| key_fingerprint(k))
+                .collect(),
             config,
             metrics: Metrics::default(),
             publish_buckets: Mutex::new(buckets),
+            user_locks: (0..USER_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            publishing: std::sync::atomic::AtomicUsize::new(0),
+            publishing_done: tokio::sync::Notify::new(),
         }
     }
 
@@ -66,7 +94,12 @@ impl AppState {
         received: Instant,
     ) -> Result<Published, PublishError> {
         self.take_publish_token(key_index)?;
-        let valid = req.validate()?;
+        let mut valid = req.validate()?;
+        if let (Some(key), Some(scope)) =
+            (valid.idempotency_key.take(), self.key_scopes.get(key_index))
+        {
+            valid.idempotency_key = Some(format!("{scope}/{key}"));
+        }
         let retention = &self.config.retention;
         let ttl = valid
             .ttl
@@ -118,22 +151,41 @@ impl AppState {
         })
     }
 
-    /// Subscribes `claims.sub` to `topic`: checks the token allows it, joins every
-    /// connected device whose own token allows it, stores it, and tells the other devices.
-    pub async fn subscribe(
-        &self,
-        claims: &UserClaims,
-        topic: &str,
-        from: Option<Sid>,
-    ) -> Result<bool, ErrorBody> {
-        check_topic(claims, topic)?;
-        let user_room = rooms::user(&claims.sub);
+    /// The lock that serialises room changes of one user.
+    pub fn user_lock(&self, user: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut h);
+        &self.user_locks[(h.finish() as usize) % self.user_locks.len()]
+    }
+
+    /// Broadcast operators for a room of the subscribers' namespace, or `None` once the
+    /// namespace is gone (after shutdown closed it).
+    pub fn room(&self, room: impl Into<String>) -> Option<BroadcastOperators> {
+        self.io
+            .of(events::SUBSCRIBER_NAMESPACE)
+            .map(|ns| ns.to(room.into()))
+    }
+
+    /// The sockets of this hub in any of `rooms`, each once (none once the namespace is
+    /// gone).
+    pub fn sockets_in(&self, rooms: Vec<String>) -> Vec<SocketRef> {
+        self.io
+            .of(events::SUBSCRIBER_NAMESPACE)
+            .map(|ns| ns.to(rooms).sockets())
+            .unwrap_or_default()
+    }
+
+    /// The sockets of this hub in a room.
+    pub fn room_sockets(&self, room: String) -> Vec<SocketRef> {
+        self.sockets_in(vec![room])
+    }
+
+    /// Joins the user's connected sockets whose token allows `topic` to its room.
+    fn join_topic(&self, user: &str, topic: &str) -> Vec<SocketRef> {
         let topic_room = rooms::topic(topic);
-        // Join before storing, so nothing published in between is missed live.
         let joined: Vec<_> = self
-            .io
-            .to(user_room.clone())
-            .sockets()
+            .room_sockets(rooms::user(user))
             .into_iter()
             .filter(|s| {
                 s.extensions
@@ -145,6 +197,21 @@ impl AppState {
         for s in &joined {
             s.join(topic_room.clone());
         }
+        joined
+    }
+
+    /// Subscribes `claims.sub` to `topic`: checks the token allows it, joins every
+    /// connected device whose own token allows it, stores it, and tells the other devices.
+    pub async fn subscribe(
+        &self,
+        claims: &UserClaims,
+        topic: &str,
+        from: Option<Sid>,
+    ) -> Result<bool, ErrorBody> {
+        check_topic(claims, topic)?;
+        let _user = self.user_lock(&claims.sub).lock().await;
+        // Join before storing, so nothing published in between is missed live.
+        let joined = self.join_topic(&claims.sub, topic);
         let max = self.config.limits.max_subscriptions;
         match self.store.writer().subscribe(&claims.sub, topic, max).await {
             Ok(new) => {
@@ -155,6 +222,7 @@ impl AppState {
                 Ok(new)
             }
             Err(e) => {
+                let topic_room = rooms::topic(topic);
                 for s in &joined {
                     s.leave(topic_room.clone());
                 }
@@ -171,9 +239,10 @@ impl AppState {
         from: Option<Sid>,
     ) -> Result<bool, ErrorBody> {
         validate_topic(topic).map_err(|e| ErrorBody::field(ErrorCode::InvalidField, "topic", e))?;
+        let _user = self.user_lock(user).lock().await;
         let removed = self.store.writer().unsubscribe(user, topic).await?;
         let topic_room = rooms::topic(topic);
-        for s in self.io.to(rooms::user(user)).sockets() {
+        for s in self.room_sockets(rooms::user(user)) {
             s.leave(topic_room.clone());
         }
         if removed {
@@ -187,7 +256,9 @@ impl AppState {
         let payload = TopicRequest {
             topic: topic.to_owned(),
         };
-        if let Err(e) = self.user_devices(user, except).emit(event, &payload).await {
+        if let Some(devices) = self.user_devices(user, except)
+            && let Err(e) = devices.emit(event, &payload).await
+        {
             tracing::debug!(error = %e, "telling other devices about a subscription change");
         }
     }
@@ -214,32 +285,54 @@ impl AppState {
         };
         let viewer = self.viewer(&claims.sub, &claims.allowed_topics()).await?;
         let marked = self.store.writer().read(viewer, selection).await?;
-        if marked > 0 {
-            let devices = self.user_devices(&claims.sub, from);
-            if let Err(e) = devices.emit(events::READ, &request).await {
-                tracing::debug!(error = %e, "telling other devices about a read");
-            }
+        if marked > 0
+            && let Some(devices) = self.user_devices(&claims.sub, from)
+            && let Err(e) = devices.emit(events::READ, &request).await
+        {
+            tracing::debug!(error = %e, "telling other devices about a read");
         }
         Ok(marked)
     }
 
     /// The user's connected devices, except the socket the change came from (a broadcast
     /// from that socket leaves the sender out).
-    fn user_devices(
-        &self,
-        user: &str,
-        except: Option<Sid>,
-    ) -> socketioxide::operators::BroadcastOperators {
+    fn user_devices(&self, user: &str, except: Option<Sid>) -> Option<BroadcastOperators> {
         let room = rooms::user(user);
-        match except.and_then(|sid| self.io.get_socket(sid)) {
+        let ns = self.io.of(events::SUBSCRIBER_NAMESPACE)?;
+        Some(match except.and_then(|sid| ns.get_socket(sid)) {
             Some(sender) => sender.to(room),
-            None => self.io.to(room),
-        }
+            None => ns.to(room),
+        })
     }
 
     /// How many devices of `user` are connected to this hub.
     pub fn devices(&self, user: &str) -> usize {
-        self.io.to(rooms::user(user)).sockets().len()
+        self.room_sockets(rooms::user(user)).len()
+    }
+
+    /// Counts a publisher event in flight; `None` once shutdown has begun.
+    pub fn begin_publishing(self: &Arc<Self>) -> Option<PublishingGuard> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.publishing.fetch_add(1, SeqCst);
+        let guard = PublishingGuard(self.clone());
+        // Dropping the guard un-counts the refused event.
+        (!self.shutting_down.load(SeqCst)).then_some(guard)
+    }
+
+    /// Refuses new publisher events and waits (up to `limit`) for those in flight.
+    pub async fn drain_publishers(&self, limit: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shutting_down.store(true, SeqCst);
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let done = self.publishing_done.notified();
+                if self.publishing.load(SeqCst) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+        .await;
     }
 
     /// Starts delivering what the writer commits: returns the sender the writer uses.
@@ -252,6 +345,29 @@ impl AppState {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let task = tokio::spawn(delivery::run(self.clone(), rx));
         (tx, task)
+    }
+}
+
+/// A short, stable fingerprint of a publish key (never the key itself).
+fn key_fingerprint(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A publisher event in flight; dropping it lets shutdown proceed.
+#[derive(Debug)]
+pub struct PublishingGuard(Arc<AppState>);
+
+impl Drop for PublishingGuard {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.0.publishing.fetch_sub(1, SeqCst) == 1 {
+            self.0.publishing_done.notify_waiters();
+        }
     }
 }
 

@@ -641,11 +641,19 @@ async fn bad_socket_events_get_error_replies_and_the_socket_lives_on() {
     // Exhaust the event budget: rate_limited, not a disconnect.
     let mut limited = 0;
     for _ in 0..10 {
-        if code(&s.request("ack", json!({"up_to": 0})).await) == "rate_limited" {
+        if code(&s.request("read", json!({"ids": []})).await) == "rate_limited" {
             limited += 1;
         }
     }
     assert!(limited >= 5, "only {limited} refused");
+    // Acks and heartbeats are not counted: a client acks every batch it stores.
+    for i in 0..20 {
+        assert_eq!(
+            s.request("ack", json!({"up_to": i})).await,
+            json!({"ok": true})
+        );
+    }
+    assert_eq!(s.request("heartbeat", json!({})).await, json!({"ok": true}));
     let id = hub.publish_to("user:wes", "still connected").await;
     assert_eq!(s.live(1).await[0].id, id);
     hub.stop().await;
@@ -866,5 +874,94 @@ async fn metrics_and_health_report_activity() {
     assert_eq!((status, code(&body)), (404, "not_found"));
     let (status, body) = hub.call(Method::DELETE, "/notifications", KEY, None).await;
     assert_eq!((status, code(&body)), (405, "method_not_allowed"));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_their_publish_key() {
+    let hub = TestHub::start_with(|c| c.publish_keys.push("bfk_second_backend".into())).await;
+    let body = json!({"to": ["user:cal"], "title": "order", "idempotency_key": "order-1"});
+    let first = hub.publish(body.clone()).await;
+    let (status, other) = hub
+        .call(
+            Method::POST,
+            "/notifications",
+            "bfk_second_backend",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        status, 201,
+        "another backend's key is not a repeat: {other}"
+    );
+    assert_ne!(other["id"].as_u64(), Some(first.id));
+    let (status, again) = hub
+        .call(
+            Method::POST,
+            "/notifications",
+            "bfk_second_backend",
+            Some(body),
+        )
+        .await;
+    assert_eq!((status, again["id"].clone()), (200, other["id"].clone()));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn subscribing_while_a_device_connects_never_leaves_it_outside_the_topic() {
+    let hub = TestHub::start().await;
+    for round in 0..15 {
+        let user = format!("racer{round}");
+        let topic = format!("race{round}");
+        let t = token(&user);
+        // Connect and subscribe (from another device, over HTTP) at the same moment.
+        let path = format!("/subscriptions/{topic}");
+        let (sub, (status, _)) = tokio::join!(
+            Subscriber::connect(&hub.url, &t, Some(0)),
+            hub.call(Method::PUT, &path, &t, None),
+        );
+        assert_eq!(status, 200);
+        let mut sub = sub;
+        sub.catch_up().await;
+        let id = hub
+            .publish_to(&format!("topic:{topic}"), "topic news")
+            .await;
+        let got = sub.live(1).await;
+        assert_eq!(
+            got[0].id, id,
+            "round {round}: the topic notification did not arrive"
+        );
+        sub.close().await;
+    }
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn cors_covers_the_api_and_socket_io_polling() {
+    let hub = TestHub::start_with(|c| c.cors_origins = vec!["https://app.example".into()]).await;
+    for path in ["/healthz", "/socket.io/?EIO=4&transport=polling"] {
+        let r = hub
+            .http
+            .get(format!("{}{path}", hub.url))
+            .header("origin", "https://app.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap()),
+            Some("https://app.example"),
+            "{path}"
+        );
+    }
+    let r = hub
+        .http
+        .get(format!("{}/healthz", hub.url))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
     hub.stop().await;
 }

@@ -106,6 +106,9 @@ pub struct TopicRequest {
     pub topic: String,
 }
 
+/// Client -> server: a no-op answered `{"ok": true}`, for clients whose library hides
+/// Engine.IO's own pings and that want to check the connection end to end.
+pub const HEARTBEAT: &str = "heartbeat";
 /// Client -> server: send a catch-up again from this cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {

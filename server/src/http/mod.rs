@@ -17,7 +17,7 @@ use belfry_protocol::{ErrorCode, limits};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The HTTP routes (without the Socket.IO layer).
-pub fn routes(state: &SharedState) -> Router<SharedState> {
+pub fn routes() -> Router<SharedState> {
     let api = Router::new()
         .route(
             "/notifications",
@@ -31,7 +31,7 @@ pub fn routes(state: &SharedState) -> Router<SharedState> {
             "/subscriptions/{topic}",
             put(users::subscribe).delete(users::unsubscribe),
         );
-    let mut router = Router::new()
+    Router::new()
         .nest("/api/v1", api)
         .route("/send", post(compat::send))
         .route("/healthz", get(ops::healthz))
@@ -43,25 +43,23 @@ pub fn routes(state: &SharedState) -> Router<SharedState> {
                 "this endpoint does not take that method",
             )
         })
-        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES));
-    let origins: Vec<HeaderValue> = state
-        .config
-        .cors_origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
-    if !origins.is_empty() {
-        let allow = if state.config.cors_origins.iter().any(|o| o == "*") {
-            AllowOrigin::any()
-        } else {
-            AllowOrigin::list(origins)
-        };
-        router = router.layer(
-            CorsLayer::new()
-                .allow_origin(allow)
-                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
-        );
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+}
+
+/// CORS for the configured origins (`*`: any); `None` when none are configured.
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
     }
-    router
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+    )
 }

@@ -9,7 +9,13 @@ use belfry_protocol::api::Health;
 
 /// `GET /healthz`: 200 when the store answers, 503 otherwise.
 pub async fn healthz(State(state): State<SharedState>) -> impl IntoResponse {
-    let ok = state.store.ping().await;
+    // Both the read pool and the writer (a stuck or dead writer means no publish can
+    // succeed).
+    let writer = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        state.store.writer().ping(),
+    );
+    let ok = state.store.ping().await && writer.await.unwrap_or(false);
     let status = if ok {
         StatusCode::OK
     } else {

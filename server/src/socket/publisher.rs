@@ -89,6 +89,11 @@ async fn reply(
     request: Result<PublishRequest, ErrorBody>,
 ) {
     let received = Instant::now();
+    let Some(_in_flight) = state.begin_publishing() else {
+        let error = ErrorBody::new(ErrorCode::Unavailable, "the hub is shutting down");
+        let _ = ack.send(&PublishReply::Error { error });
+        return;
+    };
     let reply = match (socket.extensions.get::<KeyIndex>(), request) {
         (None, _) => PublishReply::Error {
             error: ErrorBody::new(ErrorCode::Unauthorized, "not authenticated"),

@@ -1,9 +1,9 @@
 //! Namespace `/`: subscribers (user devices). Authenticates the handshake, joins the
 //! user's rooms, runs the catch-up, and handles `ack`, `read`, `subscribe`,
-//! `unsubscribe` and `sync`.
+//! `unsubscribe`, `sync` and `heartbeat`.
 
 use super::{ConnectRefused, first_arg};
-use crate::delivery::{self, CatchUpFrom, Session, rooms, session};
+use crate::delivery::{self, CatchUpFrom, Session, rooms, session, session as session_of};
 use crate::state::SharedState;
 use belfry_protocol::events::{
     self, AckRequest, HandshakeAuth, ReadRequest, Reply, SyncRequest, TopicRequest,
@@ -84,37 +84,68 @@ async fn connected(state: SharedState, socket: SocketRef) {
         let _ = socket.disconnect();
         return;
     };
+    // Nobody else holds the session yet. Holding its catch-up lock from here on keeps a
+    // client `sync` from running before the rooms are joined.
+    let Ok(catching_up) = session.catching_up().try_lock() else {
+        let _ = socket.disconnect();
+        return;
+    };
     // Handlers first, before any await, so no early event is lost.
     register_events(&state, &socket);
-    state.metrics.connections.fetch_add(1, Relaxed);
-    state.metrics.connections_total.fetch_add(1, Relaxed);
     socket.on_disconnect({
-        let state = state.clone();
+        let (state, session) = (state.clone(), session.clone());
         move || {
-            state.metrics.connections.fetch_sub(1, Relaxed);
+            if session.uncount() {
+                state.metrics.connections.fetch_sub(1, Relaxed);
+            }
             async {}
         }
     });
+    session.count();
+    state.metrics.connections.fetch_add(1, Relaxed);
+    state.metrics.connections_total.fetch_add(1, Relaxed);
 
-    let viewer = match state.viewer(&session.user, &session.allowed).await {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot load subscriptions; dropping the socket");
-            let _ = socket.disconnect();
-            return;
+    {
+        // Serialised with subscribe / unsubscribe of the same user (see AppState).
+        let _user = state.user_lock(&session.user).lock().await;
+        socket.join([rooms::user(&session.user), rooms::ALL.to_owned()]);
+        let viewer = match state.viewer(&session.user, &session.allowed).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load subscriptions; dropping the socket");
+                socket.leave_all();
+                let _ = socket.disconnect();
+                return;
+            }
+        };
+        // Rooms before the catch-up reads the store: see delivery.rs.
+        socket.join(
+            viewer
+                .topics
+                .iter()
+                .map(|t| rooms::topic(t))
+                .collect::<Vec<_>>(),
+        );
+    }
+    if !socket.connected() {
+        // Closed while we were joining: a join after the close would stay forever.
+        socket.leave_all();
+        if session.uncount() {
+            state.metrics.connections.fetch_sub(1, Relaxed);
         }
-    };
-    let mut joined = vec![rooms::user(&session.user), rooms::ALL.to_owned()];
-    joined.extend(viewer.topics.iter().map(|t| rooms::topic(t)));
-    // Rooms before the catch-up reads the store: see delivery.rs.
-    socket.join(joined);
+        return;
+    }
     tracing::debug!(sid = %socket.id, user = %session.user, "subscriber connected");
 
     let cursor = socket.extensions.get::<HandshakeCursor>().and_then(|c| c.0);
-    if let Err(e) = delivery::catch_up(&state, &socket, &session, CatchUpFrom::Cursor(cursor)).await
-    {
-        tracing::debug!(sid = %socket.id, error = %e, "initial catch-up ended");
-    }
+    delivery::catch_up_locked(
+        &state,
+        &socket,
+        &session,
+        CatchUpFrom::Cursor(cursor),
+        catching_up,
+    )
+    .await;
 }
 
 /// Applies the socket's event rate limit.
@@ -142,7 +173,10 @@ fn reply(ack: AckSender, result: Result<(), ErrorBody>) {
 
 fn register_events(state: &SharedState, socket: &SocketRef) {
     macro_rules! on {
-        ($event:expr, $handler:ident) => {{
+        ($event:expr, $handler:ident) => {
+            on!($event, $handler, true)
+        };
+        ($event:expr, $handler:ident, $rate_limited:expr) => {{
             let state = state.clone();
             socket.on(
                 $event,
@@ -150,10 +184,17 @@ fn register_events(state: &SharedState, socket: &SocketRef) {
                     let state = state.clone();
                     async move {
                         let result = match session(&socket) {
-                            Some(session) => match within_rate(&session) {
-                                Ok(()) => $handler(&state, &socket, &session, args).await,
-                                Err(e) => Err(e),
-                            },
+                            Some(session) => {
+                                let allowed = if $rate_limited {
+                                    within_rate(&session)
+                                } else {
+                                    Ok(())
+                                };
+                                match allowed {
+                                    Ok(()) => $handler(&state, &socket, &session, args).await,
+                                    Err(e) => Err(e),
+                                }
+                            }
                             None => {
                                 Err(ErrorBody::new(ErrorCode::Unauthorized, "not authenticated"))
                             }
@@ -164,11 +205,23 @@ fn register_events(state: &SharedState, socket: &SocketRef) {
             );
         }};
     }
-    on!(events::ACK, on_ack);
+    // Acks and heartbeats are cheap (an ack at or below the last one is answered without
+    // touching the store) and a client sends one per stored batch: no rate limit.
+    on!(events::ACK, on_ack, false);
     on!(events::READ, on_read);
     on!(events::SUBSCRIBE, on_subscribe);
     on!(events::UNSUBSCRIBE, on_unsubscribe);
     on!(events::SYNC, on_sync);
+    on!(events::HEARTBEAT, on_heartbeat, false);
+}
+
+async fn on_heartbeat(
+    _state: &SharedState,
+    _socket: &SocketRef,
+    _session: &Session,
+    _args: ArgsResult,
+) -> Result<(), ErrorBody> {
+    Ok(())
 }
 
 type ArgsResult = Result<serde_json::Value, ParserError>;
@@ -180,6 +233,9 @@ async fn on_ack(
     args: ArgsResult,
 ) -> Result<(), ErrorBody> {
     let AckRequest { up_to } = first_arg(args, "{\"up_to\": id}")?;
+    if !session.raise_acked(up_to) {
+        return Ok(());
+    }
     let viewer = state.viewer(&session.user, &session.allowed).await?;
     state.store.writer().ack(viewer, up_to).await?;
     Ok(())
@@ -227,18 +283,18 @@ async fn on_unsubscribe(
 async fn on_sync(
     state: &SharedState,
     socket: &SocketRef,
-    _session: &Session,
+    session: &Session,
     args: ArgsResult,
 ) -> Result<(), ErrorBody> {
     let SyncRequest { cursor } = first_arg(args, "{\"cursor\": id or null}")?;
-    let (state, socket) = (state.clone(), socket.clone());
-    tokio::spawn(async move {
-        if let Some(session) = session(&socket)
-            && let Err(e) =
-                delivery::catch_up(&state, &socket, &session, CatchUpFrom::Cursor(cursor)).await
-        {
-            tracing::debug!(sid = %socket.id, error = %e, "requested catch-up ended");
-        }
-    });
+    // Requests that pile up while one runs collapse into one (the latest cursor).
+    if session.request_sync(cursor) {
+        let (state, socket) = (state.clone(), socket.clone());
+        tokio::spawn(async move {
+            if let Some(session) = session_of(&socket) {
+                delivery::requested_catch_up(&state, &socket, &session).await;
+            }
+        });
+    }
     Ok(())
 }

@@ -107,10 +107,16 @@ fn clamp_id(id: u64) -> i64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `url`, applies migrations and starts the
-    /// writer task. The returned [`Writer`] must be run (see [`Writer::run`]).
-    pub async fn open(url: &str) -> Result<(Store, Writer), StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+    /// Opens (creating if needed) the database `belfry.db` in `data_dir`, or at `url`
+    /// when one is given, applies migrations and starts the writer task. The returned
+    /// [`Writer`] must be run (see [`Writer::run`]).
+    pub async fn open(data_dir: &Path, url: Option<&str>) -> Result<(Store, Writer), StoreError> {
+        let options = match url {
+            Some(url) => SqliteConnectOptions::from_str(url)?,
+            // A path, not a URL: a data dir with `?` or `#` in its name stays a path.
+            None => SqliteConnectOptions::new().filename(data_dir.join("belfry.db")),
+        };
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit is on disk before the publisher hears 201. Group commit keeps
@@ -134,11 +140,6 @@ impl Store {
             },
             writer,
         ))
-    }
-
-    /// Opens the default database file inside `data_dir`.
-    pub fn default_url(data_dir: &Path) -> String {
-        format!("sqlite://{}", data_dir.join("belfry.db").display())
     }
 
     /// The handle that submits writes.
@@ -177,19 +178,36 @@ impl Store {
     }
 
     /// Notifications visible to `viewer` with id > `after`, ascending, at most `limit`.
+    ///
+    /// One indexed range scan per target the viewer sees (their user, `all`, each
+    /// topic), each stopping after `limit` ids, merged here: a page costs O(limit x
+    /// targets), not O(everything after the cursor). All scans read one snapshot (one
+    /// transaction), so no arm can see ids another missed.
     pub async fn page(&self, viewer: &Viewer, after: u64, limit: u32) -> Result<Page, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let ids: Vec<i64> = sqlx::query_scalar(&format!("{VISIBLE_IDS} ORDER BY id LIMIT ?5"))
-            .bind(&viewer.user)
-            .bind(viewer.topics_json())
+        let mut tx = self.pool.begin().await?;
+        let mut merged = std::collections::BTreeSet::new();
+        let mut an_arm_was_full = false;
+        for (kind, name) in viewer_targets(viewer) {
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT notification_id FROM notification_targets \
+                 WHERE kind = ? AND name = ? AND notification_id > ? \
+                 ORDER BY notification_id LIMIT ?",
+            )
+            .bind(kind)
+            .bind(name)
             .bind(clamp_id(after))
-            .bind(i64::MAX)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-        let more = ids.len() == limit as usize;
+            an_arm_was_full |= ids.len() == limit as usize;
+            merged.extend(ids);
+        }
+        let more = an_arm_was_full || merged.len() > limit as usize;
+        let ids: Vec<i64> = merged.into_iter().take(limit as usize).collect();
         let last_id = ids.last().map(|&id| id as u64);
-        let notifications = self.fetch_for(&viewer.user, &ids).await?;
+        let notifications = Self::fetch_for(&mut tx, &viewer.user, &ids).await?;
+        tx.commit().await?;
         Ok(Page {
             notifications,
             last_id,
@@ -197,37 +215,50 @@ impl Store {
         })
     }
 
-    /// The viewer's newest unread notifications (at most `limit`), ascending.
+    /// The viewer's newest unread notifications (at most `limit`), ascending: per target,
+    /// a newest-first scan that stops after `limit` unread, merged here.
     pub async fn unread(
         &self,
         viewer: &Viewer,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let sql = format!(
-            "WITH vis(id) AS ({VISIBLE_IDS}) \
-             SELECT {cols}, s.read_at FROM vis JOIN notifications n ON n.id = vis.id \
-             LEFT JOIN user_state s ON s.user_id = ?1 AND s.notification_id = n.id \
-             WHERE s.read_at IS NULL AND n.expires_at > ?5 ORDER BY n.id DESC LIMIT ?6",
-            cols = rows::COLUMNS
-        );
-        let mut out: Vec<Notification> = sqlx::query(&sql)
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let mut merged = std::collections::BTreeSet::new();
+        for (kind, name) in viewer_targets(viewer) {
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT t.notification_id FROM notification_targets t \
+                 JOIN notifications n ON n.id = t.notification_id \
+                 LEFT JOIN user_state s ON s.user_id = ? AND s.notification_id = t.notification_id \
+                 WHERE t.kind = ? AND t.name = ? AND s.read_at IS NULL AND n.expires_at > ? \
+                 ORDER BY t.notification_id DESC LIMIT ?",
+            )
             .bind(&viewer.user)
-            .bind(viewer.topics_json())
-            .bind(0i64)
-            .bind(i64::MAX)
-            .bind(now_ms())
+            .bind(kind)
+            .bind(name)
+            .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(rows::notification)
-            .collect::<Result<_, _>>()?;
-        out.reverse();
+            .fetch_all(&mut *tx)
+            .await?;
+            merged.extend(ids);
+        }
+        let newest: Vec<i64> = merged
+            .into_iter()
+            .rev()
+            .take(limit as usize)
+            .rev()
+            .collect();
+        let out = Self::fetch_for(&mut tx, &viewer.user, &newest).await?;
+        tx.commit().await?;
         Ok(out)
     }
 
     /// Full rows for `ids` (ascending), without expired ones, with `user`'s read state.
-    async fn fetch_for(&self, user: &str, ids: &[i64]) -> Result<Vec<Notification>, StoreError> {
+    async fn fetch_for(
+        conn: &mut sqlx::SqliteConnection,
+        user: &str,
+        ids: &[i64],
+    ) -> Result<Vec<Notification>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -242,7 +273,7 @@ impl Store {
             .bind(ids_json)
             .bind(user)
             .bind(now_ms())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?
             .iter()
             .map(|r| rows::notification(r).map_err(StoreError::from))
@@ -292,6 +323,13 @@ impl Store {
         }
         Ok(Some(out))
     }
+}
+
+/// The `(kind, name)` target keys whose notifications `viewer` sees.
+fn viewer_targets(viewer: &Viewer) -> impl Iterator<Item = (i64, &str)> {
+    [(0, viewer.user.as_str()), (2, "")]
+        .into_iter()
+        .chain(viewer.topics.iter().map(|t| (1, t.as_str())))
 }
 
 /// Maps a target to its `(kind, name)` columns.

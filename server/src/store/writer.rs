@@ -96,6 +96,8 @@ enum Op {
         max_per_target: u32,
         reply: Reply<PruneReport>,
     },
+    /// Checks the write connection answers.
+    Ping { reply: Reply<bool> },
     /// Finish what was queued before, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -168,6 +170,7 @@ impl std::fmt::Debug for Op {
             Op::Subscribe { .. } => "Subscribe",
             Op::Unsubscribe { .. } => "Unsubscribe",
             Op::Prune { .. } => "Prune",
+            Op::Ping { .. } => "Ping",
             Op::Close(_) => "Close",
         })
     }
@@ -239,6 +242,13 @@ impl WriterHandle {
             reply,
         })
         .await
+    }
+
+    /// Whether the writer and its connection answer.
+    pub async fn ping(&self) -> bool {
+        self.submit(|reply| Op::Ping { reply })
+            .await
+            .unwrap_or(false)
     }
 
     /// Stops the writer once everything queued before this call is committed. Later
@@ -324,10 +334,11 @@ impl Writer {
             }
             return (outcomes, notes);
         }
-        for op in batch {
+        let mut ops = batch.into_iter();
+        while let Some(op) = ops.next() {
             if let Err(e) = self.exec("SAVEPOINT op").await {
-                outcomes.push(Self::placeholder(op).fail(&e.to_string()));
-                continue;
+                outcomes.push(Self::placeholder(op));
+                return self.abandon(outcomes, ops, &e.to_string()).await;
             }
             let (outcome, note) = self.apply(op).await;
             let undo = if outcome.is_ok() {
@@ -338,13 +349,14 @@ impl Writer {
                     Err(e) => Err(e),
                 }
             };
-            match undo {
-                Ok(()) => {
-                    notes.extend(note);
-                    outcomes.push(outcome);
-                }
-                Err(e) => outcomes.push(outcome.fail(&e.to_string())),
+            outcomes.push(outcome);
+            if let Err(e) = undo {
+                // SQLite may have rolled back the whole transaction by itself (disk full,
+                // I/O error): carrying on would commit later operations one by one while
+                // reporting them failed. Refuse the whole batch instead.
+                return self.abandon(outcomes, ops, &e.to_string()).await;
             }
+            notes.extend(note);
         }
         if let Err(e) = self.exec("COMMIT").await {
             tracing::error!(error = %e, "commit failed; the whole batch is refused");
@@ -358,6 +370,23 @@ impl Writer {
         (outcomes, notes)
     }
 
+    /// Rolls back and refuses every operation of the batch: those applied, and the rest.
+    async fn abandon(
+        &mut self,
+        applied: Vec<Outcome>,
+        rest: impl Iterator<Item = Op>,
+        why: &str,
+    ) -> (Vec<Outcome>, Vec<Committed>) {
+        tracing::error!(error = %why, "write transaction failed; the whole batch is refused");
+        let _ = self.exec("ROLLBACK").await;
+        let outcomes = applied
+            .into_iter()
+            .chain(rest.map(Self::placeholder))
+            .map(|o| o.fail(why))
+            .collect();
+        (outcomes, Vec::new())
+    }
+
     /// An outcome that only carries the reply channel, for operations never applied.
     fn placeholder(op: Op) -> Outcome {
         fn unapplied<T>() -> Result<T, StoreError> {
@@ -366,7 +395,7 @@ impl Writer {
         match op {
             Op::Publish { reply, .. } => Outcome::Publish(reply, unapplied()),
             Op::Ack { reply, .. } | Op::Read { reply, .. } => Outcome::Count(reply, unapplied()),
-            Op::Subscribe { reply, .. } | Op::Unsubscribe { reply, .. } => {
+            Op::Subscribe { reply, .. } | Op::Unsubscribe { reply, .. } | Op::Ping { reply } => {
                 Outcome::Flag(reply, unapplied())
             }
             Op::Prune { reply, .. } => Outcome::Prune(reply, unapplied()),
@@ -440,6 +469,14 @@ impl Writer {
                 Outcome::Prune(reply, self.prune(max_per_target).await.map_err(Into::into)),
                 None,
             ),
+            Op::Ping { reply } => {
+                let r = self
+                    .exec("SELECT 1")
+                    .await
+                    .map(|()| true)
+                    .map_err(Into::into);
+                (Outcome::Flag(reply, r), None)
+            }
             close @ Op::Close(_) => (Self::placeholder(close), None),
         }
     }
@@ -596,6 +633,25 @@ impl Writer {
         let now = now_ms();
         let result = match selection {
             ReadSelection::UpTo(up_to) => {
+                let up_to = id_param(*up_to).min(self.head().await?);
+                let from: i64 = sqlx::query_scalar(
+                    "SELECT coalesce((SELECT read_scanned_up_to FROM users WHERE user_id = ?), 0)",
+                )
+                .bind(&viewer.user)
+                .fetch_one(&mut self.conn)
+                .await?;
+                if up_to <= from {
+                    return Ok(0);
+                }
+                sqlx::query(
+                    "INSERT INTO users (user_id, read_scanned_up_to) VALUES (?, ?) \
+                     ON CONFLICT (user_id) DO UPDATE \
+                     SET read_scanned_up_to = max(read_scanned_up_to, excluded.read_scanned_up_to)",
+                )
+                .bind(&viewer.user)
+                .bind(up_to)
+                .execute(&mut self.conn)
+                .await?;
                 let sql = format!(
                     "INSERT INTO user_state (user_id, notification_id, delivered_at, read_at) \
                      SELECT ?1, id, ?5, ?5 FROM ({VISIBLE_IDS}) WHERE true {upsert}"
@@ -603,8 +659,8 @@ impl Writer {
                 sqlx::query(&sql)
                     .bind(&viewer.user)
                     .bind(viewer.topics_json())
-                    .bind(0i64)
-                    .bind(id_param(*up_to))
+                    .bind(from)
+                    .bind(up_to)
                     .bind(now)
                     .execute(&mut self.conn)
                     .await?
