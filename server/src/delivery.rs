@@ -91,9 +91,14 @@ impl Session {
         &self.catching_up
     }
 
-    /// Records an ack; `false` when it acknowledges nothing new.
-    pub fn raise_acked(&self, up_to: u64) -> bool {
-        self.acked.fetch_max(up_to, Relaxed) < up_to
+    /// Whether an ack up to `up_to` could acknowledge anything new on this socket.
+    pub fn acks_something(&self, up_to: u64) -> bool {
+        self.acked.load(Relaxed) < up_to
+    }
+
+    /// Records the user's delivery watermark after an ack stored it.
+    pub fn acked(&self, watermark: u64) {
+        self.acked.fetch_max(watermark, Relaxed);
     }
 
     /// Marks the socket as counted in the connections gauge.
@@ -182,14 +187,26 @@ fn emit_live(
             drop(lag);
             state.metrics.lagged_total.fetch_add(1, Relaxed);
             tracing::debug!(sid = %socket.id, id, "socket fell behind; recovering by catch-up");
-            let (state, socket, session) = (state.clone(), socket.clone(), session.clone());
-            tokio::spawn(async move {
-                catch_up(&state, &socket, &session, CatchUpFrom::Lag).await;
-            });
+            spawn_recovery(state, socket, Duration::ZERO);
             false
         }
         Err(_) => false,
     }
+}
+
+/// Starts a lag recovery (a catch-up from the first missed id) after `delay`.
+fn spawn_recovery(state: &SharedState, socket: &SocketRef, delay: Duration) {
+    let (state, socket) = (state.clone(), socket.clone());
+    // Boxed: a recovery can schedule another, and the recursive future type needs a
+    // name to be `Send`.
+    let recovery: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(session) = session(&socket) {
+                catch_up(&state, &socket, &session, CatchUpFrom::Lag).await;
+            }
+        });
+    tokio::spawn(recovery);
 }
 
 /// Where a catch-up starts.
@@ -317,7 +334,11 @@ pub async fn catch_up_locked(
         }
         Err(CatchUpError::Store(e)) => {
             tracing::warn!(sid = %socket.id, error = %e, "catch-up failed; disconnecting so the client resumes");
-            let _ = socket.clone().disconnect();
+            if socket.clone().disconnect().is_err() && socket.connected() {
+                // The buffer is full, so not even the disconnect fits. Try the recovery
+                // again shortly (a lagging socket gets nothing live until then).
+                spawn_recovery(state, socket, Duration::from_secs(1));
+            }
         }
     }
 }

@@ -67,8 +67,9 @@ pub struct SyncBatch {
 /// The end of a catch-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Synced {
-    /// The hub's highest id when the catch-up ended. A client may set its cursor to `head`
-    /// once it has handled every batch of this catch-up.
+    /// The hub's highest id just before the catch-up read its last batch: every visible
+    /// notification up to it was in this catch-up (or an earlier one). A client may set
+    /// its cursor to `max(cursor, head)` once it has stored every batch of this catch-up.
     pub head: u64,
 }
 

@@ -233,11 +233,12 @@ async fn on_ack(
     args: ArgsResult,
 ) -> Result<(), ErrorBody> {
     let AckRequest { up_to } = first_arg(args, "{\"up_to\": id}")?;
-    if !session.raise_acked(up_to) {
+    if !session.acks_something(up_to) {
         return Ok(());
     }
     let viewer = state.viewer(&session.user, &session.allowed).await?;
-    state.store.writer().ack(viewer, up_to).await?;
+    let watermark = state.store.writer().ack(viewer, up_to).await?;
+    session.acked(watermark);
     Ok(())
 }
 

@@ -202,8 +202,8 @@ impl WriterHandle {
         .await
     }
 
-    /// Records that the viewer's device stored everything visible up to `up_to`. Returns
-    /// how many notifications were newly marked delivered.
+    /// Records that the viewer's device stored everything visible up to `up_to` (capped
+    /// at the head). Returns the user's delivery watermark afterwards.
     pub async fn ack(&self, viewer: Viewer, up_to: u64) -> Result<u64, StoreError> {
         self.submit(|reply| Op::Ack {
             viewer,
@@ -593,7 +593,7 @@ impl Writer {
         .fetch_one(&mut self.conn)
         .await?;
         if up_to <= from {
-            return Ok(0);
+            return Ok(u64::try_from(from).unwrap_or(0));
         }
         let sql = format!(
             "INSERT INTO user_state (user_id, notification_id, delivered_at) \
@@ -601,15 +601,14 @@ impl Writer {
              ON CONFLICT (user_id, notification_id) DO UPDATE \
              SET delivered_at = excluded.delivered_at WHERE delivered_at IS NULL"
         );
-        let marked = sqlx::query(&sql)
+        sqlx::query(&sql)
             .bind(&viewer.user)
             .bind(viewer.topics_json())
             .bind(from)
             .bind(up_to)
             .bind(now_ms())
             .execute(&mut self.conn)
-            .await?
-            .rows_affected();
+            .await?;
         sqlx::query(
             "INSERT INTO users (user_id, acked_up_to) VALUES (?, ?) \
              ON CONFLICT (user_id) DO UPDATE SET acked_up_to = max(acked_up_to, excluded.acked_up_to)",
@@ -618,7 +617,7 @@ impl Writer {
         .bind(up_to)
         .execute(&mut self.conn)
         .await?;
-        Ok(marked)
+        Ok(u64::try_from(up_to).unwrap_or(0))
     }
 
     async fn read(
