@@ -8,10 +8,14 @@ LISTEN ?= 127.0.0.1:8080
 PATH := $(HOME)/.cargo/bin:$(PATH)
 export PATH
 
-.PHONY: run test setup setup-test build test-rust test-interop fmt lint clean-data
+.PHONY: run hub test setup setup-test build test-rust test-interop fmt lint clean-data
 
-## run: the hub on its embedded SQLite, in ./belfry-data (prints its publish key at first start)
+## run: the hub on its embedded SQLite (./belfry-data) and the tray app connected to it
 run: setup
+	DATA_DIR=$(DATA_DIR) LISTEN=$(LISTEN) bash scripts/run.sh
+
+## hub: the hub alone
+hub: setup
 	$(CARGO) build --release -p belfry-server
 	$(CARGO_TARGET_DIR)/release/belfry-server serve --data-dir $(DATA_DIR) --listen $(LISTEN)
 

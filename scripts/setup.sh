@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 want_tests=0
 [ "${1:-}" = "--test" ] && want_tests=1
 
-apt_packages=(build-essential pkg-config libssl-dev ca-certificates curl)
-[ "$want_tests" = 1 ] && apt_packages+=(nodejs npm)
+apt_packages=(build-essential pkg-config libssl-dev ca-certificates curl
+  # Tauri 2 (the tray app)
+  libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev)
+# Tests: the JavaScript client, and a headless desktop with a notification daemon.
+[ "$want_tests" = 1 ] && apt_packages+=(nodejs npm xvfb xauth dbus dbus-x11 dunst libglib2.0-bin webkit2gtk-driver)
 
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -53,6 +56,11 @@ if [ "$want_tests" = 1 ] && command -v rustup >/dev/null; then
   # make lint needs these; rustup's minimal profile leaves them out.
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+fi
+
+if [ "$want_tests" = 1 ] && ! command -v tauri-driver >/dev/null && [ ! -x "$HOME/.cargo/bin/tauri-driver" ]; then
+  # The WebDriver front for the app's webview (in front of Debian's WebKitWebDriver).
+  cargo install tauri-driver --version '^2' --locked
 fi
 
 if [ "$want_tests" = 1 ]; then

@@ -1,0 +1,439 @@
+//! A headless desktop for end-to-end tests: Xvfb on a free display, a private D-Bus
+//! session, dunst printing every notification it receives, the real hub binary and the
+//! real tray app binary. Everything is started here and killed on drop.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const SECRET: &str = "desktop-e2e-secret-0123456789abcdef";
+pub const KEY: &str = "bfk_desktop_e2e_key";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A binary next to this test's (`cargo test --workspace` builds them all first), or
+/// from an environment variable.
+pub fn sibling_bin(name: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn token(user: &str) -> String {
+    belfry_server::auth::TokenSigner::new(SECRET).mint(user, None, 3600)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One notification as dunst printed it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Popup {
+    pub appname: String,
+    pub summary: String,
+    pub body: String,
+    pub urgency: String,
+    pub actions: String,
+}
+
+fn parse_popups(text: &str) -> Vec<Popup> {
+    let mut out = Vec::new();
+    let mut current: Option<Popup> = None;
+    // `actions: {` opens a nested block whose lines are `key: label`, closed by `}`.
+    let mut in_actions = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if in_actions {
+            if line == "}" {
+                in_actions = false;
+            } else if let Some(p) = current.as_mut() {
+                p.actions.push_str(line);
+                p.actions.push('\n');
+            }
+        } else if line == "{" {
+            current = Some(Popup::default());
+        } else if line == "}" {
+            out.extend(current.take());
+        } else if let Some(p) = current.as_mut()
+            && let Some((key, value)) = line.split_once(": ").or_else(|| line.split_once(':'))
+        {
+            let value = value.trim().trim_matches('\'').to_owned();
+            match key {
+                "appname" => p.appname = value,
+                "summary" => p.summary = value,
+                "body" => p.body = value,
+                "urgency" => p.urgency = value,
+                "actions" if value == "{" => in_actions = true,
+                "actions" => p.actions = value,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Xvfb + D-Bus session + dunst.
+pub struct Desktop {
+    pub display: String,
+    pub dbus: String,
+    xvfb: Child,
+    bus: Child,
+    dunst: Child,
+    printed: Arc<Mutex<String>>,
+}
+
+impl Desktop {
+    pub async fn start() -> Desktop {
+        // A display number nobody uses: try from a random-ish base.
+        let base = 100 + (std::process::id() % 400);
+        let mut xvfb = None;
+        let mut display = String::new();
+        for n in base..base + 50 {
+            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            {
+                continue;
+            }
+            display = format!(":{n}");
+            let mut child = Command::new("Xvfb")
+                .args([&display, "-nolisten", "tcp", "-screen", "0", "1280x860x24"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("Xvfb (apt install xvfb)");
+            let ready = async {
+                while !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(10), ready)
+                .await
+                .is_ok()
+            {
+                xvfb = Some(child);
+                break;
+            }
+            let _ = child.kill().await;
+        }
+        let xvfb = xvfb.expect("no free X display");
+        let mut bus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("dbus-daemon (apt install dbus)");
+        let mut lines = BufReader::new(bus.stdout.take().unwrap()).lines();
+        let dbus = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let mut dunst = Command::new("dunst")
+            .arg("-print")
+            .env("DISPLAY", &display)
+            .env("DBUS_SESSION_BUS_ADDRESS", &dbus)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("dunst (apt install dunst)");
+        let printed = Arc::new(Mutex::new(String::new()));
+        let sink = printed.clone();
+        let mut out = dunst.stdout.take().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = out.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let desktop = Desktop {
+            display,
+            dbus,
+            xvfb,
+            bus,
+            dunst,
+            printed,
+        };
+        // dunst owns the notification service once it answers.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !desktop.dbus_has("org.freedesktop.Notifications").await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dunst never started"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        desktop
+    }
+
+    /// Every notification dunst received so far.
+    pub fn popups(&self) -> Vec<Popup> {
+        parse_popups(&self.printed.lock().unwrap())
+    }
+
+    /// Waits until a popup matching `f` was received.
+    pub async fn wait_popup(&self, f: impl Fn(&Popup) -> bool) -> Popup {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(p) = self.popups().into_iter().find(&f) {
+                return p;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no such popup; dunst got: {:#?}",
+                self.popups()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn gdbus(&self, args: &[&str]) -> String {
+        let out = Command::new("gdbus")
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.dbus)
+            .output()
+            .await
+            .expect("gdbus (libglib2.0-bin)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub async fn dbus_has(&self, name: &str) -> bool {
+        self.gdbus(&[
+            "call",
+            "--session",
+            "--dest",
+            "org.freedesktop.DBus",
+            "--object-path",
+            "/org/freedesktop/DBus",
+            "--method",
+            "org.freedesktop.DBus.ListNames",
+        ])
+        .await
+        .contains(name)
+    }
+
+    /// The tray item's label (the unread count next to the icon), read from the
+    /// StatusNotifierItem the app exports on the session bus (under its unique name: with
+    /// no tray host running there is no watcher to register a well-known one with).
+    pub async fn tray_label(&self) -> Option<String> {
+        let names = self
+            .gdbus(&[
+                "call",
+                "--session",
+                "--dest",
+                "org.freedesktop.DBus",
+                "--object-path",
+                "/org/freedesktop/DBus",
+                "--method",
+                "org.freedesktop.DBus.ListNames",
+            ])
+            .await;
+        let unique: Vec<String> = names
+            .split('\'')
+            .filter(|n| n.starts_with(":1."))
+            .map(str::to_owned)
+            .collect();
+        for name in unique {
+            let tree = self
+                .gdbus(&[
+                    "introspect",
+                    "--session",
+                    "--dest",
+                    &name,
+                    "--object-path",
+                    "/org/ayatana/NotificationItem",
+                ])
+                .await;
+            let Some(child) = tree
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("node "))
+                .map(|n| n.trim_end_matches(" {").trim().to_owned())
+                .find(|n| !n.starts_with('/'))
+            else {
+                continue;
+            };
+            let path = format!("/org/ayatana/NotificationItem/{child}");
+            let label = self
+                .gdbus(&[
+                    "call",
+                    "--session",
+                    "--dest",
+                    &name,
+                    "--object-path",
+                    &path,
+                    "--method",
+                    "org.freedesktop.DBus.Properties.Get",
+                    "org.kde.StatusNotifierItem",
+                    "XAyatanaLabel",
+                ])
+                .await;
+            // (<'3'>,)
+            return Some(label.split('\'').nth(1).unwrap_or_default().to_owned());
+        }
+        None
+    }
+}
+
+/// The hub binary on a fixed port, restartable on the same data dir.
+pub struct Hub {
+    pub port: u16,
+    pub url: String,
+    dir: PathBuf,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+impl Hub {
+    pub async fn start(dir: &Path) -> Hub {
+        let port = free_port();
+        let mut hub = Hub {
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_owned(),
+            child: None,
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+        };
+        hub.restart().await;
+        hub
+    }
+
+    pub async fn restart(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut child = Command::new(sibling_bin("belfry-server", "BELFRY_SERVER_BIN"))
+                .args(["serve", "--publish-key", KEY, "--jwt-secret", SECRET])
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{}", self.port))
+                .arg("--data-dir")
+                .arg(&self.dir)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut ok = false;
+            while let Ok(Ok(Some(line))) = tokio::time::timeout(WAIT, lines.next_line()).await {
+                if line.starts_with("belfry-server listening on ") {
+                    ok = true;
+                    break;
+                }
+            }
+            if ok {
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                self.child = Some(child);
+                return;
+            }
+            let _ = child.kill().await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the hub never started"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill().unwrap();
+            c.wait().await.unwrap();
+        }
+    }
+
+    pub async fn publish(&self, body: Value) -> u64 {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/notifications", self.url))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"].as_u64().unwrap()
+    }
+
+    pub async fn publish_to(&self, user: &str, title: &str, priority: &str) -> u64 {
+        self.publish(json!({"to": [format!("user:{user}")], "title": title, "body": format!("body of {title}"), "priority": priority}))
+            .await
+    }
+
+    pub async fn read_as(&self, user: &str, body: Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/notifications/read", self.url))
+            .bearer_auth(token(user))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+/// The real tray app binary, headless on `desktop`.
+pub struct App {
+    child: Child,
+}
+
+impl App {
+    pub async fn start(desktop: &Desktop, data_dir: &Path, hub_url: &str, user: &str) -> App {
+        let child = Command::new(sibling_bin("belfry-desktop", "BELFRY_DESKTOP_BIN"))
+            .args(["--hidden", "--server", hub_url, "--token", &token(user)])
+            .env("DISPLAY", &desktop.display)
+            .env("DBUS_SESSION_BUS_ADDRESS", &desktop.dbus)
+            .env("BELFRY_DESKTOP_DATA_DIR", data_dir)
+            .env("RUST_LOG", "warn")
+            .env_remove("WAYLAND_DISPLAY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        App { child }
+    }
+
+    pub async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// The app's local store, read from the test (SQLite WAL allows a second reader).
+pub async fn history(data_dir: &Path) -> Vec<belfry_protocol::Notification> {
+    let store = belfry_client::LocalStore::open(data_dir).await.unwrap();
+    let h = store
+        .history(&belfry_client::HistoryQuery {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    h
+}

@@ -1,0 +1,318 @@
+//! The window, end to end: the real app's webview driven through WebDriver (tauri-driver
+//! in front of WebKitWebDriver), on a headless desktop with a notification daemon, against
+//! the real hub. Also takes docs/screenshot.png.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// A W3C WebDriver session over plain HTTP.
+struct Session {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Session {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r: Value = req.send().await.unwrap().json().await.unwrap();
+        assert!(r["value"]["error"].is_null(), "{path}: {r}");
+        r["value"].clone()
+    }
+
+    async fn find_all(&self, css: &str) -> Vec<String> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/elements",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e.as_object()
+                    .unwrap()
+                    .values()
+                    .next()
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Waits for at least `n` elements matching `css`.
+    async fn wait_for(&self, css: &str, n: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let found = self.find_all(css).await;
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never found {n} of {css:?} (got {})",
+                found.len()
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    async fn text(&self, element: &str) -> String {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{element}/text"),
+            None,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
+    async fn text_of(&self, css: &str) -> String {
+        let el = self.wait_for(css, 1).await.remove(0);
+        self.text(&el).await
+    }
+
+    /// Waits until the first element matching `css` has text satisfying `ok`.
+    async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let t = self.text_of(css).await;
+            if ok(&t) {
+                return t;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css:?} stayed {t:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self.wait_for(css, 1).await.remove(0);
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{el}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn set_value(&self, css: &str, value: &str) {
+        let el = self.wait_for(css, 1).await.remove(0);
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{el}/clear"),
+            Some(json!({})),
+        )
+        .await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{el}/value"),
+            Some(json!({"text": value})),
+        )
+        .await;
+    }
+
+    async fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap()
+    }
+}
+
+async fn tauri_driver(desktop: &Desktop, data_dir: &std::path::Path) -> (Child, String) {
+    let port = free_port();
+    let native = free_port();
+    let bin = std::env::var("TAURI_DRIVER")
+        .unwrap_or_else(|_| format!("{}/.cargo/bin/tauri-driver", std::env::var("HOME").unwrap()));
+    let child = Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--native-port",
+            &native.to_string(),
+        ])
+        .env("DISPLAY", &desktop.display)
+        .env("DBUS_SESSION_BUS_ADDRESS", &desktop.dbus)
+        .env("BELFRY_DESKTOP_DATA_DIR", data_dir)
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tauri-driver (cargo install tauri-driver --locked; make test does)");
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while http.get(format!("{url}/status")).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tauri-driver never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, url)
+}
+
+#[tokio::test]
+async fn the_window_lists_marks_read_saves_settings_and_reconnects() {
+    let desktop = Desktop::start().await;
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path()).await;
+    let data = tempfile::tempdir().unwrap();
+    for (title, body, priority, topic) in [
+        ("Nightly backup finished", "12.4 GB in 6 min", "low", None),
+        (
+            "Deploy api v42 succeeded",
+            "All 12 checks green",
+            "default",
+            Some("deploys"),
+        ),
+        (
+            "Invoice #1042 paid",
+            "Acme GmbH paid 1,200 EUR",
+            "high",
+            None,
+        ),
+    ] {
+        let mut to = vec!["user:eli".to_owned()];
+        if let Some(t) = topic {
+            to = vec![format!("topic:{t}")];
+            hub.http
+                .put(format!("{}/api/v1/subscriptions/{t}", hub.url))
+                .bearer_auth(token("eli"))
+                .send()
+                .await
+                .unwrap();
+        }
+        hub.publish(json!({"to": to, "title": title, "body": body, "priority": priority, "url": "https://example.com/"}))
+            .await;
+    }
+
+    let (_driver, url) = tauri_driver(&desktop, data.path()).await;
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let app = sibling_bin("belfry-desktop", "BELFRY_DESKTOP_BIN");
+    let created: Value = http
+        .post(format!("{url}/session"))
+        .json(&json!({"capabilities": {"alwaysMatch": {
+            "tauri:options": {
+                "application": app,
+                "args": ["--server", hub.url, "--token", token("eli")]
+            }
+        }}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"));
+    let s = Session {
+        http,
+        base: format!("{url}/session/{id}"),
+    };
+
+    // The list shows what was published while the app was not running, newest first.
+    s.wait_for("body[data-ready='true']", 1).await;
+    let items = s.wait_for(".notification", 3).await;
+    assert!(s.text(&items[0]).await.contains("Invoice #1042 paid"));
+    s.wait_text("#status-text", |t| t.contains("up to date"))
+        .await;
+    assert_eq!(s.text_of("#unread-count").await, "3");
+
+    // A live one appears without a reload.
+    hub.publish(
+        json!({"to": ["user:eli"], "title": "Build 311 is green", "body": "main, 4 min 12 s"}),
+    )
+    .await;
+    s.wait_for(".notification", 4).await;
+    s.wait_text("#unread-count", |t| t == "4").await;
+    let shot = s.screenshot().await;
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshot.png");
+    std::fs::write(&docs, &shot).unwrap();
+
+    // Mark one read: the count drops, and the hub knows (another device would too).
+    s.click(".notification.unread .mark-read").await;
+    s.wait_text("#unread-count", |t| t == "3").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page: Value = hub
+            .http
+            .get(format!("{}/api/v1/notifications", hub.url))
+            .bearer_auth(token("eli"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let read = page["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["read"] == true)
+            .count();
+        if read == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read never reached the hub"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Search filters the list.
+    s.set_value("#search", "invoice").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.find_all(".notification").await.len() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "search did not filter"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.set_value("#search", "").await;
+
+    // Settings: a wrong token is reported in plain words, the right one reconnects.
+    s.click("button[data-tab='settings']").await;
+    s.wait_for("#set-token", 1).await;
+    s.set_value("#set-digest", "7").await;
+    s.set_value("#set-token", "not-a-token").await;
+    s.click("#settings-save").await;
+    s.wait_text("#settings-message", |t| t == "Saved.").await;
+    s.wait_text("#status-text", |t| t.contains("token")).await;
+    s.set_value("#set-token", &token("eli")).await;
+    s.click("#settings-save").await;
+    s.wait_text("#status-text", |t| t.contains("up to date"))
+        .await;
+    let saved = belfry_client::LocalStore::open(data.path())
+        .await
+        .unwrap()
+        .settings()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(saved.digest_threshold, 7);
+
+    let _ = s.call(reqwest::Method::DELETE, "", None).await;
+}
