@@ -283,13 +283,15 @@ function wire() {
     await invoke("mark_all_read");
     await Promise.all([refreshList(), refreshCount()]);
   });
-  $("search").addEventListener("input", () => {
+  const searchChanged = () => {
     clearTimeout(searchTimer);
     searchTimer = setTimeout(() => {
       state.query.search = $("search").value.trim() || null;
       refreshList();
     }, 150);
-  });
+  };
+  $("search").addEventListener("input", searchChanged);
+  $("search").addEventListener("change", searchChanged);
   $("filter-topic").addEventListener("change", () => {
     const v = $("filter-topic").value;
     state.query.topic = v === "" ? null : v === "-" ? "" : v;
