@@ -13,7 +13,7 @@ apt_packages=(build-essential pkg-config libssl-dev ca-certificates curl
   # Tauri 2 (the tray app)
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev)
 # Tests: the JavaScript client, and a headless desktop with a notification daemon.
-[ "$want_tests" = 1 ] && apt_packages+=(nodejs npm xvfb xauth dbus dbus-x11 dunst libglib2.0-bin webkit2gtk-driver)
+[ "$want_tests" = 1 ] && apt_packages+=(nodejs npm xvfb xauth dbus dbus-x11 dunst libglib2.0-bin webkit2gtk-driver xdg-utils)
 
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -40,8 +40,8 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(10),
-            heartbeat_interval: Duration::from_secs(10),
-            heartbeat_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             auth_retry: Duration::from_secs(300),
@@ -389,7 +389,9 @@ impl Connection {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         let (beat_tx, mut beat_rx) = mpsc::unbounded_channel::<Result<Value, RequestError>>();
-        let mut beat_pending: Option<tokio::time::Instant> = None;
+        // When the unanswered heartbeat counts as lost.
+        let mut beat_deadline: Option<tokio::time::Instant> = None;
+        let far_future = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         loop {
             tokio::select! {
                 message = inbound.recv() => match message {
@@ -402,26 +404,23 @@ impl Connection {
                     Some(Inbound::Closed) | None => return Ended::Failed("The hub closed the connection".into()),
                     Some(Inbound::Open) => {}
                 },
-                _ = heartbeat.tick() => {
-                    if let Some(sent) = beat_pending
-                        && sent.elapsed() > self.config.heartbeat_timeout
+                _ = heartbeat.tick(), if beat_deadline.is_none() => {
+                    beat_deadline = Some(tokio::time::Instant::now() + self.config.heartbeat_timeout);
+                    let tx = beat_tx.clone();
+                    // Writing to a transport the hub closed fails here at once.
+                    if send_request(client, events::HEARTBEAT, json!({}), move |r| {
+                        let _ = tx.send(r);
+                    })
+                    .await
+                    .is_err()
                     {
-                        return Ended::Failed("The hub stopped answering".into());
-                    }
-                    if beat_pending.is_none() {
-                        beat_pending = Some(tokio::time::Instant::now());
-                        let tx = beat_tx.clone();
-                        if send_request(client, events::HEARTBEAT, json!({}), move |r| {
-                            let _ = tx.send(r);
-                        })
-                        .await
-                        .is_err()
-                        {
-                            return Ended::Failed("Connection lost".into());
-                        }
+                        return Ended::Failed("Connection lost".into());
                     }
                 }
-                Some(_) = beat_rx.recv() => beat_pending = None,
+                () = tokio::time::sleep_until(beat_deadline.unwrap_or(far_future)), if beat_deadline.is_some() => {
+                    return Ended::Failed("The hub stopped answering".into());
+                }
+                Some(_) = beat_rx.recv() => beat_deadline = None,
                 changed = self.settings.changed() => {
                     if changed.is_err() {
                         return Ended::Shutdown;

@@ -166,3 +166,82 @@ async fn the_tray_shows_the_unread_count_and_follows_reads_from_another_device()
     wait_label("").await;
     app.kill().await;
 }
+
+#[tokio::test]
+async fn clicking_a_notification_opens_its_link_in_the_browser() {
+    let desktop = Desktop::start().await;
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path()).await;
+    let data = tempfile::tempdir().unwrap();
+    // A stand-in browser that writes down what it was asked to open (xdg-open honours
+    // $BROWSER outside a desktop environment).
+    let opened = data.path().join("opened.txt");
+    let browser = data.path().join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display()),
+    )
+    .unwrap();
+    let executable = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&browser, executable).unwrap();
+    let app = App::start_with(
+        &desktop,
+        data.path(),
+        &hub.url,
+        "eva",
+        &[("BROWSER", browser.to_str().unwrap())],
+    )
+    .await;
+    hub.publish(
+        json!({"to": ["user:eva"], "title": "Review requested", "url": "https://example.com/pr/7"}),
+    )
+    .await;
+    desktop
+        .wait_popup(|p| p.summary == "Review requested")
+        .await;
+    // Invoke the notification's default action, as a click on it would.
+    let status = tokio::process::Command::new("dunstctl")
+        .args(["action", "0"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &desktop.dbus)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if std::fs::read_to_string(&opened).is_ok_and(|t| t.contains("https://example.com/pr/7")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link was never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.kill().await;
+}
+
+#[tokio::test]
+async fn a_second_launch_hands_over_to_the_first_and_exits() {
+    let desktop = Desktop::start().await;
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut first = App::start(&desktop, data.path(), &hub.url, "fay").await;
+    hub.publish_to("fay", "First is up", "default").await;
+    desktop.wait_popup(|p| p.summary == "First is up").await;
+    let second = tokio::process::Command::new(sibling_bin("belfry-desktop", "BELFRY_DESKTOP_BIN"))
+        .arg("--hidden")
+        .env("DISPLAY", &desktop.display)
+        .env("DBUS_SESSION_BUS_ADDRESS", &desktop.dbus)
+        .env("BELFRY_DESKTOP_DATA_DIR", data.path())
+        .env("RUST_LOG", "warn")
+        .status();
+    let status = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second launch exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(first.running(), "the first instance must keep running");
+    first.kill().await;
+}

@@ -139,7 +139,12 @@ impl Session {
     }
 }
 
-async fn tauri_driver(desktop: &Desktop, data_dir: &std::path::Path) -> (Child, String) {
+/// tauri-driver for the app; `home` is the app's home (start at login writes there).
+async fn tauri_driver(
+    desktop: &Desktop,
+    data_dir: &std::path::Path,
+    home: &std::path::Path,
+) -> (Child, String) {
     let port = free_port();
     let native = free_port();
     let bin = std::env::var("TAURI_DRIVER")
@@ -154,6 +159,7 @@ async fn tauri_driver(desktop: &Desktop, data_dir: &std::path::Path) -> (Child, 
         .env("DISPLAY", &desktop.display)
         .env("DBUS_SESSION_BUS_ADDRESS", &desktop.dbus)
         .env("BELFRY_DESKTOP_DATA_DIR", data_dir)
+        .env("HOME", home)
         .env_remove("WAYLAND_DISPLAY")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -208,7 +214,8 @@ async fn the_window_lists_marks_read_saves_settings_and_reconnects() {
             .await;
     }
 
-    let (_driver, url) = tauri_driver(&desktop, data.path()).await;
+    let home = tempfile::tempdir().unwrap();
+    let (_driver, url) = tauri_driver(&desktop, data.path(), home.path()).await;
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
     let app = sibling_bin("belfry-desktop", "BELFRY_DESKTOP_BIN");
     let created: Value = http
@@ -299,6 +306,7 @@ async fn the_window_lists_marks_read_saves_settings_and_reconnects() {
     s.click("button[data-tab='settings']").await;
     s.wait_for("#set-token", 1).await;
     s.set_value("#set-digest", "7").await;
+    s.click("#set-autostart").await;
     s.set_value("#set-token", "not-a-token").await;
     s.click("#settings-save").await;
     s.wait_text("#settings-message", |t| t == "Saved.").await;
@@ -315,6 +323,11 @@ async fn the_window_lists_marks_read_saves_settings_and_reconnects() {
         .unwrap()
         .unwrap();
     assert_eq!(saved.digest_threshold, 7);
+    assert!(saved.start_at_login);
+    // Start at login: an XDG autostart entry that starts the app hidden in the tray.
+    let entry = std::fs::read_to_string(home.path().join(".config/autostart/Belfry.desktop"))
+        .expect("an autostart entry");
+    assert!(entry.contains("--hidden"), "{entry}");
 
     let _ = s.call(reqwest::Method::DELETE, "", None).await;
 }

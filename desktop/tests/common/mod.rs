@@ -101,11 +101,15 @@ pub struct Desktop {
 
 impl Desktop {
     pub async fn start() -> Desktop {
-        // A display number nobody uses: try from a random-ish base.
-        let base = 100 + (std::process::id() % 400);
+        // A display number nobody uses. Tests of one binary run in parallel in one
+        // process, so each takes the next number from a counter; other processes start
+        // elsewhere (by pid), and lock files and a live Xvfb confirm the choice.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let base = 100 + (std::process::id() % 40) * 20;
         let mut xvfb = None;
         let mut display = String::new();
-        for n in base..base + 50 {
+        for _ in 0..60 {
+            let n = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 800;
             if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
                 || Path::new(&format!("/tmp/.X{n}-lock")).exists()
             {
@@ -123,11 +127,11 @@ impl Desktop {
                 while !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             };
-            if tokio::time::timeout(Duration::from_secs(10), ready)
-                .await
-                .is_ok()
-            {
+            let started = tokio::time::timeout(Duration::from_secs(10), ready).await.is_ok();
+            // Ours only if our Xvfb is still running (a loser of a race exits at once).
+            if started && child.try_wait().unwrap().is_none() {
                 xvfb = Some(child);
                 break;
             }
@@ -403,8 +407,20 @@ pub struct App {
 
 impl App {
     pub async fn start(desktop: &Desktop, data_dir: &Path, hub_url: &str, user: &str) -> App {
+        Self::start_with(desktop, data_dir, hub_url, user, &[]).await
+    }
+
+    /// Starts the app with extra environment variables.
+    pub async fn start_with(
+        desktop: &Desktop,
+        data_dir: &Path,
+        hub_url: &str,
+        user: &str,
+        env: &[(&str, &str)],
+    ) -> App {
         let child = Command::new(sibling_bin("belfry-desktop", "BELFRY_DESKTOP_BIN"))
             .args(["--hidden", "--server", hub_url, "--token", &token(user)])
+            .envs(env.iter().copied())
             .env("DISPLAY", &desktop.display)
             .env("DBUS_SESSION_BUS_ADDRESS", &desktop.dbus)
             .env("BELFRY_DESKTOP_DATA_DIR", data_dir)
@@ -421,6 +437,11 @@ impl App {
     pub async fn kill(mut self) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 }
 
