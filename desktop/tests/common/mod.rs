@@ -129,7 +129,9 @@ impl Desktop {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
-            let started = tokio::time::timeout(Duration::from_secs(10), ready).await.is_ok();
+            let started = tokio::time::timeout(Duration::from_secs(10), ready)
+                .await
+                .is_ok();
             // Ours only if our Xvfb is still running (a loser of a race exits at once).
             if started && child.try_wait().unwrap().is_none() {
                 xvfb = Some(child);
