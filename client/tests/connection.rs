@@ -20,12 +20,12 @@ async fn catches_up_at_launch_then_receives_live_and_acks() {
     let hub_dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(hub_dir.path()).await;
     let before: BTreeSet<u64> = [
-        hub.publish("user:amy", "while the app was off 1").await,
-        hub.publish("user:amy", "while the app was off 2").await,
-        hub.publish("user:amy", "while the app was off 3").await,
+        hub.publish_to("user:amy", "while the app was off 1").await,
+        hub.publish_to("user:amy", "while the app was off 2").await,
+        hub.publish_to("user:amy", "while the app was off 3").await,
     ]
     .into();
-    hub.publish("user:someone-else", "not for amy").await;
+    hub.publish_to("user:someone-else", "not for amy").await;
 
     let dev_dir = tempfile::tempdir().unwrap();
     let mut amy = TestDevice::start(dev_dir.path(), &hub.url, &token("amy")).await;
@@ -38,7 +38,7 @@ async fn catches_up_at_launch_then_receives_live_and_acks() {
     assert_eq!(amy.stored.iter().copied().collect::<BTreeSet<_>>(), before);
     assert_eq!(amy.device.status().state, ConnectionState::Connected);
 
-    let live = hub.publish("user:amy", "live one").await;
+    let live = hub.publish_to("user:amy", "live one").await;
     amy.until_stored(&[live].into()).await;
     let history = amy.device.history(&HistoryQuery::default()).await.unwrap();
     assert_eq!(history.len(), 4);
@@ -70,14 +70,20 @@ async fn survives_a_hub_killed_and_restarted_mid_stream_without_gaps_or_repeats(
 
     let mut published = BTreeSet::new();
     for i in 0..50 {
-        published.insert(hub.publish("user:bo", &format!("before crash {i}")).await);
+        published.insert(
+            hub.publish_to("user:bo", &format!("before crash {i}"))
+                .await,
+        );
     }
     hub.kill().await;
     // The device notices (heartbeat or a closed transport) and keeps trying.
     bo.until_state(ConnectionState::Reconnecting).await;
     hub.restart().await;
     for i in 0..100 {
-        published.insert(hub.publish("user:bo", &format!("after restart {i}")).await);
+        published.insert(
+            hub.publish_to("user:bo", &format!("after restart {i}"))
+                .await,
+        );
     }
     bo.until_stored(&published).await;
     bo.until_state(ConnectionState::Connected).await;
@@ -189,7 +195,7 @@ async fn a_client_killed_mid_stream_resumes_without_loss_or_repeats() {
 
     let mut published = Vec::new();
     for i in 0..20 {
-        published.push(hub.publish("user:dee", &format!("first {i}")).await);
+        published.push(hub.publish_to("user:dee", &format!("first {i}")).await);
     }
     let mut first = follow(dev_dir.path());
     let (mut first_ids, first_rest) = printed(&mut first, 20).await;
@@ -277,9 +283,9 @@ async fn read_state_syncs_both_ways_and_offline_reads_are_sent_later() {
     let t = token("eve");
     let mut eve = TestDevice::start(dev_dir.path(), &hub.url, &t).await;
     eve.until_state(ConnectionState::Connected).await;
-    let a = hub.publish("user:eve", "a").await;
-    let b = hub.publish("user:eve", "b").await;
-    let c = hub.publish("user:eve", "c").await;
+    let a = hub.publish_to("user:eve", "a").await;
+    let b = hub.publish_to("user:eve", "b").await;
+    let c = hub.publish_to("user:eve", "c").await;
     eve.until_stored(&[a, b, c].into()).await;
 
     // Here -> hub: marking read in the app reaches the hub.
@@ -291,13 +297,11 @@ async fn read_state_syncs_both_ways_and_offline_reads_are_sent_later() {
     assert_eq!(page["notifications"][0]["read"], true);
 
     // Hub -> here: a read on another device arrives as a read event.
-    hub.http
-        .post(format!("{}/api/v1/notifications/read", hub.url))
-        .bearer_auth(&t)
-        .json(&json!({"ids": [b]}))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(
+        hub.post("/api/v1/notifications/read", &t, json!({"ids": [b]}))
+            .await,
+        200
+    );
     loop {
         if let ClientEvent::ReadChanged = eve.next().await {
             break;
@@ -342,7 +346,7 @@ async fn subscriptions_go_through_the_hub() {
         fin.device.subscribe("deploys").await.unwrap(),
         vec!["deploys"]
     );
-    let id = hub.publish("topic:deploys", "shipped").await;
+    let id = hub.publish_to("topic:deploys", "shipped").await;
     fin.until_stored(&[id].into()).await;
     let topics = fin.device.history_topics().await.unwrap();
     assert_eq!(topics, vec!["deploys"]);

@@ -34,17 +34,15 @@ async fn notifications_pop_up_natively_with_title_body_and_urgency() {
         p.actions
     );
 
-    hub.publish_to("ann", "Disk almost full", "urgent").await;
+    notify(&hub, "ann", "Disk almost full", "urgent").await;
     let p = desktop
         .wait_popup(|p| p.summary == "Disk almost full")
         .await;
     assert_eq!(p.urgency, "CRITICAL");
 
     // Low priority lands in the history but does not pop up.
-    let low = hub.publish_to("ann", "FYI only", "low").await;
-    let marker = hub
-        .publish_to("ann", "After the quiet one", "default")
-        .await;
+    let low = notify(&hub, "ann", "FYI only", "low").await;
+    let marker = notify(&hub, "ann", "After the quiet one", "default").await;
     desktop
         .wait_popup(|p| p.summary == "After the quiet one")
         .await;
@@ -63,14 +61,13 @@ async fn after_being_away_a_catch_up_is_one_digest_and_a_hub_restart_loses_nothi
 
     // Connect once, so the app holds a cursor.
     let app = App::start(&desktop, data.path(), &hub.url, "ben").await;
-    hub.publish_to("ben", "Hello Ben", "default").await;
+    notify(&hub, "ben", "Hello Ben", "default").await;
     desktop.wait_popup(|p| p.summary == "Hello Ben").await;
     app.kill().await;
 
     // Twelve arrive while the app is off: at launch, one summary instead of a flood.
     for i in 0..12 {
-        hub.publish_to("ben", &format!("While away {i}"), "default")
-            .await;
+        notify(&hub, "ben", &format!("While away {i}"), "default").await;
     }
     let app = App::start(&desktop, data.path(), &hub.url, "ben").await;
     desktop
@@ -87,7 +84,7 @@ async fn after_being_away_a_catch_up_is_one_digest_and_a_hub_restart_loses_nothi
     hub.kill().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     hub.restart().await;
-    hub.publish_to("ben", "After the restart", "high").await;
+    notify(&hub, "ben", "After the restart", "high").await;
     desktop
         .wait_popup(|p| p.summary == "After the restart")
         .await;
@@ -119,8 +116,8 @@ async fn do_not_disturb_holds_popups_back_but_keeps_history_and_urgent_breaks_th
         store.close().await;
     }
     let app = App::start(&desktop, data.path(), &hub.url, "cai").await;
-    let quiet = hub.publish_to("cai", "Quiet please", "high").await;
-    let urgent = hub.publish_to("cai", "Server down", "urgent").await;
+    let quiet = notify(&hub, "cai", "Quiet please", "high").await;
+    let urgent = notify(&hub, "cai", "Server down", "urgent").await;
     desktop.wait_popup(|p| p.summary == "Server down").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!desktop.popups().iter().any(|p| p.summary == "Quiet please"));
@@ -136,9 +133,9 @@ async fn the_tray_shows_the_unread_count_and_follows_reads_from_another_device()
     let hub = Hub::start(hub_dir.path()).await;
     let data = tempfile::tempdir().unwrap();
     let app = App::start(&desktop, data.path(), &hub.url, "dan").await;
-    let a = hub.publish_to("dan", "One", "default").await;
-    let b = hub.publish_to("dan", "Two", "default").await;
-    hub.publish_to("dan", "Three", "default").await;
+    let a = notify(&hub, "dan", "One", "default").await;
+    let b = notify(&hub, "dan", "Two", "default").await;
+    notify(&hub, "dan", "Three", "default").await;
     desktop.wait_popup(|p| p.summary == "Three").await;
 
     let wait_label = |want: &'static str| {
@@ -160,9 +157,9 @@ async fn the_tray_shows_the_unread_count_and_follows_reads_from_another_device()
     };
     wait_label("3").await;
     // Read on another device (over the hub's HTTP API): the tray follows.
-    hub.read_as("dan", json!({"ids": [a, b]})).await;
+    read_as(&hub, "dan", json!({"ids": [a, b]})).await;
     wait_label("1").await;
-    hub.read_as("dan", json!({"up_to": b + 10})).await;
+    read_as(&hub, "dan", json!({"up_to": b + 10})).await;
     wait_label("").await;
     app.kill().await;
 }
@@ -228,9 +225,9 @@ async fn a_second_launch_hands_over_to_the_first_and_exits() {
     let hub = Hub::start(hub_dir.path()).await;
     let data = tempfile::tempdir().unwrap();
     let mut first = App::start(&desktop, data.path(), &hub.url, "fay").await;
-    hub.publish_to("fay", "First is up", "default").await;
+    notify(&hub, "fay", "First is up", "default").await;
     desktop.wait_popup(|p| p.summary == "First is up").await;
-    let second = tokio::process::Command::new(sibling_bin("belfry-desktop", "BELFRY_DESKTOP_BIN"))
+    let second = tokio::process::Command::new(app_bin())
         .arg("--hidden")
         .env("DISPLAY", &desktop.display)
         .env("DBUS_SESSION_BUS_ADDRESS", &desktop.dbus)

@@ -217,7 +217,7 @@ async fn the_window_lists_marks_read_saves_settings_and_reconnects() {
     let home = tempfile::tempdir().unwrap();
     let (_driver, url) = tauri_driver(&desktop, data.path(), home.path()).await;
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
-    let app = sibling_bin("belfry-desktop", "BELFRY_DESKTOP_BIN");
+    let app = app_bin();
     let created: Value = http
         .post(format!("{url}/session"))
         .json(&json!({"capabilities": {"alwaysMatch": {

@@ -1,6 +1,6 @@
 //! A headless desktop for end-to-end tests: Xvfb on a free display, a private D-Bus
-//! session, dunst printing every notification it receives, the real hub binary and the
-//! real tray app binary. Everything is started here and killed on drop.
+//! session, dunst printing every notification it receives, and the real tray app binary
+//! (the hub comes from belfry-testkit). Everything is started here and killed on drop.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use serde_json::{Value, json};
@@ -11,36 +11,30 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const SECRET: &str = "desktop-e2e-secret-0123456789abcdef";
-pub const KEY: &str = "bfk_desktop_e2e_key";
-pub const WAIT: Duration = Duration::from_secs(30);
+#[allow(unused_imports)]
+pub use belfry_testkit::{Hub, KEY, SECRET, WAIT, free_port, token, workspace_bin};
 
-/// A binary next to this test's (`cargo test --workspace` builds them all first), or
-/// from an environment variable.
-pub fn sibling_bin(name: &str, env: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (make test does)",
-        bin.display()
+/// The tray app binary.
+pub fn app_bin() -> PathBuf {
+    workspace_bin("belfry-desktop", "BELFRY_DESKTOP_BIN")
+}
+
+/// Publishes to one user with a priority; returns the id.
+pub async fn notify(hub: &Hub, user: &str, title: &str, priority: &str) -> u64 {
+    hub.publish(json!({
+        "to": [format!("user:{user}")], "title": title, "body": format!("body of {title}"),
+        "priority": priority
+    }))
+    .await
+}
+
+/// Marks read as `user` over the hub's HTTP API (another device).
+pub async fn read_as(hub: &Hub, user: &str, body: Value) {
+    assert_eq!(
+        hub.post("/api/v1/notifications/read", &token(user), body)
+            .await,
+        200
     );
-    bin
-}
-
-pub fn token(user: &str) -> String {
-    belfry_server::auth::TokenSigner::new(SECRET).mint(user, None, 3600)
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One notification as dunst printed it.
@@ -304,104 +298,6 @@ impl Desktop {
     }
 }
 
-/// The hub binary on a fixed port, restartable on the same data dir.
-pub struct Hub {
-    pub port: u16,
-    pub url: String,
-    dir: PathBuf,
-    child: Option<Child>,
-    pub http: reqwest::Client,
-}
-
-impl Hub {
-    pub async fn start(dir: &Path) -> Hub {
-        let port = free_port();
-        let mut hub = Hub {
-            port,
-            url: format!("http://127.0.0.1:{port}"),
-            dir: dir.to_owned(),
-            child: None,
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
-        };
-        hub.restart().await;
-        hub
-    }
-
-    pub async fn restart(&mut self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let mut child = Command::new(sibling_bin("belfry-server", "BELFRY_SERVER_BIN"))
-                .args(["serve", "--publish-key", KEY, "--jwt-secret", SECRET])
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{}", self.port))
-                .arg("--data-dir")
-                .arg(&self.dir)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let mut ok = false;
-            while let Ok(Ok(Some(line))) = tokio::time::timeout(WAIT, lines.next_line()).await {
-                if line.starts_with("belfry-server listening on ") {
-                    ok = true;
-                    break;
-                }
-            }
-            if ok {
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                self.child = Some(child);
-                return;
-            }
-            let _ = child.kill().await;
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the hub never started"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.start_kill().unwrap();
-            c.wait().await.unwrap();
-        }
-    }
-
-    pub async fn publish(&self, body: Value) -> u64 {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/notifications", self.url))
-            .bearer_auth(KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        r.json::<Value>().await.unwrap()["id"].as_u64().unwrap()
-    }
-
-    pub async fn publish_to(&self, user: &str, title: &str, priority: &str) -> u64 {
-        self.publish(json!({"to": [format!("user:{user}")], "title": title, "body": format!("body of {title}"), "priority": priority}))
-            .await
-    }
-
-    pub async fn read_as(&self, user: &str, body: Value) {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/notifications/read", self.url))
-            .bearer_auth(token(user))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
-}
-
 /// The real tray app binary, headless on `desktop`.
 pub struct App {
     child: Child,
@@ -420,7 +316,7 @@ impl App {
         user: &str,
         env: &[(&str, &str)],
     ) -> App {
-        let child = Command::new(sibling_bin("belfry-desktop", "BELFRY_DESKTOP_BIN"))
+        let child = Command::new(app_bin())
             .args(["--hidden", "--server", hub_url, "--token", &token(user)])
             .envs(env.iter().copied())
             .env("DISPLAY", &desktop.display)

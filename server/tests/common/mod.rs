@@ -13,7 +13,7 @@ use rust_socketio::{Payload, TransportType};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -355,11 +355,6 @@ pub async fn synced_subscriber(url: &str, token: &str, cursor: Option<u64>) -> S
     let mut s = Subscriber::connect(url, token, cursor).await;
     s.catch_up().await;
     s
-}
-
-/// The path of the built `belfry-server` binary.
-pub fn server_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_belfry-server"))
 }
 
 /// Asserts the ids are strictly ascending.

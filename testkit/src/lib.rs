@@ -1,0 +1,255 @@
+//! Test support shared by Belfry's suites: the real `belfry-server` binary on a real
+//! loopback port (killable with SIGKILL and restartable on the same port and data dir),
+//! tokens minted by that binary, and publishing over its HTTP API.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The JWT secret every test hub uses.
+pub const SECRET: &str = "belfry-test-secret-0123456789abcdef";
+/// The publish key every test hub accepts.
+pub const KEY: &str = "bfk_belfry_test_key";
+/// The longest any single wait lasts.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A binary of the workspace: `$env` if set, else next to the running test's binary
+/// (`cargo test --workspace` builds every binary before it runs any test).
+pub fn workspace_bin(name: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `belfry-server` binary.
+pub fn server_bin() -> PathBuf {
+    workspace_bin("belfry-server", "BELFRY_SERVER_BIN")
+}
+
+/// A user token for the test secret, minted by `belfry-server token`.
+pub fn token(user: &str) -> String {
+    let out = std::process::Command::new(server_bin())
+        .args([
+            "token",
+            "--jwt-secret",
+            SECRET,
+            "--user",
+            user,
+            "--ttl",
+            "1d",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A free port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The hub as a child process on a fixed port.
+#[derive(Debug)]
+pub struct Hub {
+    /// Its port.
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    dir: PathBuf,
+    child: Option<Child>,
+    /// A client for the tests' own requests.
+    pub http: reqwest::Client,
+}
+
+impl Hub {
+    /// Starts a hub on `dir` and a free port.
+    pub async fn start(dir: &Path) -> Hub {
+        Self::start_on(dir, free_port()).await
+    }
+
+    /// Starts a hub on `dir` and `port`.
+    pub async fn start_on(dir: &Path, port: u16) -> Hub {
+        let mut hub = Hub {
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_owned(),
+            child: None,
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+        };
+        hub.restart().await;
+        hub
+    }
+
+    /// Starts the process (again) on the same port and data dir; retries while the
+    /// port is still held by a hub just killed.
+    pub async fn restart(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut child = Command::new(server_bin())
+                .args(["serve", "--publish-key", KEY, "--jwt-secret", SECRET])
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{}", self.port))
+                .arg("--data-dir")
+                .arg(&self.dir)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut listening = false;
+            while let Ok(Ok(Some(line))) = tokio::time::timeout(WAIT, lines.next_line()).await {
+                if line.starts_with("belfry-server listening on ") {
+                    listening = true;
+                    break;
+                }
+            }
+            if listening {
+                // Keep draining stdout so the hub never blocks on a full pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                self.child = Some(child);
+                return;
+            }
+            let _ = child.kill().await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the hub never started"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no goodbye, no flush.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(WAIT, child.wait())
+            .await
+            .expect("stops in time")
+            .unwrap()
+    }
+
+    /// Publishes with the test key; panics unless 201; returns the id.
+    pub async fn publish(&self, body: Value) -> u64 {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/notifications", self.url))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_u64().unwrap()
+    }
+
+    /// Publishes a title to one target.
+    pub async fn publish_to(&self, target: &str, title: &str) -> u64 {
+        self.publish(json!({"to": [target], "title": title})).await
+    }
+
+    /// GET a JSON document with a bearer credential.
+    pub async fn get(&self, path: &str, bearer: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// POST JSON with a bearer credential; returns the status.
+    pub async fn post(&self, path: &str, bearer: &str, body: Value) -> u16 {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(bearer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// A metric's value from `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Every id `user` can list, following `next` (ascending).
+    pub async fn all_ids(&self, user_token: &str) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .get(
+                    &format!("/api/v1/notifications?after={after}&limit=500"),
+                    user_token,
+                )
+                .await;
+            ids.extend(
+                page["notifications"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n["id"].as_u64().unwrap()),
+            );
+            match page["next"].as_u64() {
+                Some(next) => after = next,
+                None => return ids,
+            }
+        }
+    }
+}
