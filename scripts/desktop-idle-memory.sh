@@ -39,10 +39,14 @@ cpu_after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 
 report() {
   local p=$1
-  local rss private
+  local rss private dirty
   rss=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status")
   private=$(awk '/^Private_(Clean|Dirty)/ {s += $2} END {print s}' "/proc/$p/smaps_rollup")
-  printf '%-28s pid %-7s RSS %7s KiB   private %7s KiB\n' "$(tr -d '\0' < "/proc/$p/comm")" "$p" "$rss" "$private"
+  dirty=$(awk '/^Private_Dirty/ {s += $2} END {print s}' "/proc/$p/smaps_rollup")
+  # Private_Clean is mostly library pages no other process happens to map (WebKit,
+  # Mesa's LLVM): shared in principle. Private_Dirty is the app's own memory.
+  printf '%-16s pid %-7s RSS %7s KiB   private %7s KiB (dirty %s KiB)\n' \
+    "$(tr -d '\0' < "/proc/$p/comm")" "$p" "$rss" "$private" "$dirty"
 }
 echo "Belfry tray app, release, window closed, ${settle}s after start:"
 report "$pid"
