@@ -242,3 +242,71 @@ async fn a_second_launch_hands_over_to_the_first_and_exits() {
     assert!(first.running(), "the first instance must keep running");
     first.kill().await;
 }
+
+#[tokio::test]
+async fn the_tray_menu_marks_all_read_sets_do_not_disturb_and_reconnects() {
+    let desktop = Desktop::start().await;
+    let hub_dir = tempfile::tempdir().unwrap();
+    let mut hub = Hub::start(hub_dir.path()).await;
+    let data = tempfile::tempdir().unwrap();
+    let app = App::start(&desktop, data.path(), &hub.url, "gus").await;
+    notify(&hub, "gus", "First", "default").await;
+    notify(&hub, "gus", "Second", "default").await;
+    desktop.wait_popup(|p| p.summary == "Second").await;
+    let until = |want: &'static str| {
+        let desktop = &desktop;
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let line = desktop.tray_status_line().await;
+                if line.contains(want) {
+                    return line;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "status line {line:?}, want {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    until("Connected · 2 unread").await;
+
+    // Mark all read from the tray: here and on the hub.
+    desktop.tray_click("Mark all read").await;
+    until("Connected").await;
+    assert_eq!(desktop.tray_label().await.as_deref(), Some(""));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page = hub.get("/api/v1/notifications", &token("gus")).await;
+        if page["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["read"] == true)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hub never heard: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Do not disturb from the tray: quiet, except urgent.
+    desktop.tray_click("Until I turn it off").await;
+    until("do not disturb").await;
+    notify(&hub, "gus", "Hush", "high").await;
+    notify(&hub, "gus", "Fire", "urgent").await;
+    desktop.wait_popup(|p| p.summary == "Fire").await;
+    assert!(!desktop.popups().iter().any(|p| p.summary == "Hush"));
+
+    // The status line follows the connection; Reconnect now reconnects at once.
+    hub.kill().await;
+    until("Offline").await;
+    hub.restart().await;
+    desktop.tray_click("Reconnect now").await;
+    until("Connected").await;
+    app.kill().await;
+}

@@ -91,6 +91,8 @@ pub struct Desktop {
     bus: Child,
     dunst: Child,
     printed: Arc<Mutex<String>>,
+    /// The app's tray item, once found (bus name, object path).
+    tray: Mutex<Option<(String, String)>>,
 }
 
 impl Desktop {
@@ -177,6 +179,7 @@ impl Desktop {
             bus,
             dunst,
             printed,
+            tray: Mutex::new(None),
         };
         // dunst owns the notification service once it answers.
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -212,13 +215,19 @@ impl Desktop {
     }
 
     async fn gdbus(&self, args: &[&str]) -> String {
+        // A peer that never answers (some connections on the bus do not handle
+        // introspection) must not stall the test: give each call a few seconds.
         let out = Command::new("gdbus")
             .args(args)
             .env("DBUS_SESSION_BUS_ADDRESS", &self.dbus)
-            .output()
-            .await
-            .expect("gdbus (libglib2.0-bin)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(Duration::from_secs(3), out).await {
+            Ok(out) => {
+                String::from_utf8_lossy(&out.expect("gdbus (libglib2.0-bin)").stdout).into_owned()
+            }
+            Err(_) => String::new(),
+        }
     }
 
     pub async fn dbus_has(&self, name: &str) -> bool {
@@ -236,10 +245,13 @@ impl Desktop {
         .contains(name)
     }
 
-    /// The tray item's label (the unread count next to the icon), read from the
-    /// StatusNotifierItem the app exports on the session bus (under its unique name: with
-    /// no tray host running there is no watcher to register a well-known one with).
-    pub async fn tray_label(&self) -> Option<String> {
+    /// The tray item the app exports on the session bus: its bus name and object path.
+    /// (Under its unique name: with no tray host running there is no watcher to register
+    /// a well-known one with.)
+    async fn tray_item(&self) -> Option<(String, String)> {
+        if let Some(found) = self.tray.lock().unwrap().clone() {
+            return Some(found);
+        }
         let names = self
             .gdbus(&[
                 "call",
@@ -252,49 +264,118 @@ impl Desktop {
                 "org.freedesktop.DBus.ListNames",
             ])
             .await;
-        let unique: Vec<String> = names
-            .split('\'')
-            .filter(|n| n.starts_with(":1."))
-            .map(str::to_owned)
-            .collect();
-        for name in unique {
+        for name in names.split('\'').filter(|n| n.starts_with(":1.")) {
             let tree = self
                 .gdbus(&[
                     "introspect",
                     "--session",
                     "--dest",
-                    &name,
+                    name,
                     "--object-path",
                     "/org/ayatana/NotificationItem",
                 ])
                 .await;
-            let Some(child) = tree
+            if let Some(child) = tree
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("node "))
                 .map(|n| n.trim_end_matches(" {").trim().to_owned())
-                .find(|n| !n.starts_with('/'))
-            else {
-                continue;
-            };
-            let path = format!("/org/ayatana/NotificationItem/{child}");
-            let label = self
-                .gdbus(&[
-                    "call",
-                    "--session",
-                    "--dest",
-                    &name,
-                    "--object-path",
-                    &path,
-                    "--method",
-                    "org.freedesktop.DBus.Properties.Get",
-                    "org.kde.StatusNotifierItem",
-                    "XAyatanaLabel",
-                ])
-                .await;
-            // (<'3'>,)
-            return Some(label.split('\'').nth(1).unwrap_or_default().to_owned());
+                .find(|n| !n.starts_with('/') && !n.is_empty())
+            {
+                let found = (
+                    name.to_owned(),
+                    format!("/org/ayatana/NotificationItem/{child}"),
+                );
+                *self.tray.lock().unwrap() = Some(found.clone());
+                return Some(found);
+            }
         }
         None
+    }
+
+    /// The tray item's label (the unread count next to the icon).
+    pub async fn tray_label(&self) -> Option<String> {
+        let (name, path) = self.tray_item().await?;
+        let label = self
+            .gdbus(&[
+                "call",
+                "--session",
+                "--dest",
+                &name,
+                "--object-path",
+                &path,
+                "--method",
+                "org.freedesktop.DBus.Properties.Get",
+                "org.kde.StatusNotifierItem",
+                "XAyatanaLabel",
+            ])
+            .await;
+        // (<'3'>,)
+        Some(label.split('\'').nth(1).unwrap_or_default().to_owned())
+    }
+
+    /// The tray menu's layout as the desktop's tray would read it (dbusmenu).
+    pub async fn tray_menu(&self) -> String {
+        let Some((name, path)) = self.tray_item().await else {
+            return String::new();
+        };
+        self.gdbus(&[
+            "call",
+            "--session",
+            "--dest",
+            &name,
+            "--object-path",
+            &format!("{path}/Menu"),
+            "--method",
+            "com.canonical.dbusmenu.GetLayout",
+            "0",
+            "--",
+            "-1",
+            "@as []",
+        ])
+        .await
+    }
+
+    /// The menu's first line (the connection status).
+    pub async fn tray_status_line(&self) -> String {
+        let menu = self.tray_menu().await;
+        menu.split("'label': <'")
+            .nth(1)
+            .and_then(|rest| rest.split("'>").next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Clicks the tray menu item with this label, as a tray host would.
+    pub async fn tray_click(&self, label: &str) {
+        let (name, path) = self.tray_item().await.expect("a tray item");
+        let menu = self.tray_menu().await;
+        // Items look like `(5, {'label': <'Mark all read'>}, @av [])`.
+        let at = menu
+            .find(&format!("'label': <'{label}'>"))
+            .unwrap_or_else(|| panic!("no {label:?} in {menu}"));
+        let id = menu[..at]
+            .rsplit('(')
+            .next()
+            .and_then(|s| s.split(',').next())
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .expect("an item id");
+        let out = self
+            .gdbus(&[
+                "call",
+                "--session",
+                "--dest",
+                &name,
+                "--object-path",
+                &format!("{path}/Menu"),
+                "--method",
+                "com.canonical.dbusmenu.Event",
+                &id.to_string(),
+                "clicked",
+                "<0>",
+                "0",
+            ])
+            .await;
+        assert_eq!(out.trim(), "()", "clicking {label:?}");
     }
 }
 
