@@ -310,3 +310,35 @@ async fn the_tray_menu_marks_all_read_sets_do_not_disturb_and_reconnects() {
     until("Connected").await;
     app.kill().await;
 }
+
+#[tokio::test]
+async fn without_a_notification_daemon_the_app_says_so_and_keeps_everything() {
+    let desktop = Desktop::start_with_daemon(false).await;
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut app = App::start(&desktop, data.path(), &hub.url, "hal").await;
+    let first = notify(&hub, "hal", "Nobody to show this", "high").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !app.log().contains("Is a notification daemon running?") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no report; log:\n{}",
+            app.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Still running, still receiving, everything in the history.
+    let second = notify(&hub, "hal", "Still here", "urgent").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let held: Vec<u64> = history(data.path()).await.iter().map(|n| n.id).collect();
+        if held.contains(&first) && held.contains(&second) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "history {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(app.running());
+    app.kill().await;
+}

@@ -97,6 +97,11 @@ pub struct Desktop {
 
 impl Desktop {
     pub async fn start() -> Desktop {
+        Self::start_with_daemon(true).await
+    }
+
+    /// A desktop with or without a notification daemon.
+    pub async fn start_with_daemon(daemon: bool) -> Desktop {
         // A display number nobody uses. Tests of one binary run in parallel in one
         // process, so each takes the next number from a counter; other processes start
         // elsewhere (by pid), and lock files and a live Xvfb confirm the choice.
@@ -149,8 +154,14 @@ impl Desktop {
             .unwrap()
             .unwrap()
             .unwrap();
-        let mut dunst = Command::new("dunst")
-            .arg("-print")
+        // Without a daemon, "dunst" is a process that prints nothing and owns no name.
+        let (program, args): (&str, &[&str]) = if daemon {
+            ("dunst", &["-print"])
+        } else {
+            ("sleep", &["600"])
+        };
+        let mut dunst = Command::new(program)
+            .args(args)
             .env("DISPLAY", &display)
             .env("DBUS_SESSION_BUS_ADDRESS", &dbus)
             .stdout(Stdio::piped())
@@ -183,7 +194,7 @@ impl Desktop {
         };
         // dunst owns the notification service once it answers.
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !desktop.dbus_has("org.freedesktop.Notifications").await {
+        while daemon && !desktop.dbus_has("org.freedesktop.Notifications").await {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "dunst never started"
@@ -382,6 +393,7 @@ impl Desktop {
 /// The real tray app binary, headless on `desktop`.
 pub struct App {
     child: Child,
+    log: Arc<Mutex<String>>,
 }
 
 impl App {
@@ -397,7 +409,7 @@ impl App {
         user: &str,
         env: &[(&str, &str)],
     ) -> App {
-        let child = Command::new(app_bin())
+        let mut child = Command::new(app_bin())
             .args(["--hidden", "--server", hub_url, "--token", &token(user)])
             .envs(env.iter().copied())
             .env("DISPLAY", &desktop.display)
@@ -406,11 +418,27 @@ impl App {
             .env("RUST_LOG", "warn")
             .env_remove("WAYLAND_DISPLAY")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        App { child }
+        // Keep the app's log (warnings and errors) for the tests, and show it as well.
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err.next_line().await {
+                eprintln!("{line}");
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+        });
+        App { child, log }
+    }
+
+    /// What the app logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub async fn kill(mut self) {
