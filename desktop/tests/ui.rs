@@ -329,5 +329,5 @@ async fn the_window_lists_marks_read_saves_settings_and_reconnects() {
         .expect("an autostart entry");
     assert!(entry.contains("--hidden"), "{entry}");
 
-    let _ = s.call(reqwest::Method::DELETE, "", None).await;
+    let _ = s.http.delete(s.base.clone()).send().await;
 }
