@@ -41,7 +41,7 @@ test-interop:
 fmt:
 	$(CARGO) fmt --all
 
-lint:
+lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
