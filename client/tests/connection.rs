@@ -8,6 +8,7 @@ mod common;
 use belfry_client::events::ConnectionState;
 use belfry_client::{ClientEvent, HistoryQuery};
 use belfry_protocol::events::ReadRequest;
+use belfry_testkit::eventually;
 use common::*;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -47,17 +48,13 @@ async fn catches_up_at_launch_then_receives_live_and_acks() {
     amy.assert_no_repeats();
 
     // The hub recorded the delivery (the device acked once stored).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually("the device's ack recorded on the hub", || async {
         let r = hub
             .get(&format!("/api/v1/notifications/{live}/receipts"), KEY)
             .await;
-        if r["receipts"][0]["delivered_at"].is_string() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never acked: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        r["receipts"][0]["delivered_at"].is_string().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -316,23 +313,10 @@ async fn read_state_syncs_both_ways_and_offline_reads_are_sent_later() {
     assert_eq!(eve.device.unread_count().await.unwrap(), 0);
     hub.restart().await;
     eve.until_state(ConnectionState::Connected).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let page = hub.get("/api/v1/notifications", &t).await;
-        if page["notifications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["read"] == true)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "offline read never reached the hub"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the offline read reached the hub", || async {
+        hub.all_read(&t).await.then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 mod common;
 
 use belfry_client::{Dnd, LocalStore, Settings};
+use belfry_testkit::eventually;
 use common::*;
 use serde_json::json;
 use std::time::Duration;
@@ -204,17 +205,12 @@ async fn clicking_a_notification_opens_its_link_in_the_browser() {
         .await
         .unwrap();
     assert!(status.success());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if std::fs::read_to_string(&opened).is_ok_and(|t| t.contains("https://example.com/pr/7")) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the link was never opened"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the link opened in the browser", || async {
+        std::fs::read_to_string(&opened)
+            .is_ok_and(|t| t.contains("https://example.com/pr/7"))
+            .then_some(())
+    })
+    .await;
     app.kill().await;
 }
 
@@ -283,23 +279,11 @@ async fn the_tray_menu_marks_all_read_sets_do_not_disturb_and_reconnects() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(desktop.tray_status_line().await, "Connected");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let page = hub.get("/api/v1/notifications", &token("gus")).await;
-        if page["notifications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["read"] == true)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the hub never heard: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let gus = token("gus");
+    eventually("mark all read reached the hub", || async {
+        hub.all_read(&gus).await.then_some(())
+    })
+    .await;
 
     // Do not disturb from the tray: quiet, except urgent.
     desktop.tray_click("Until I turn it off").await;
@@ -326,26 +310,19 @@ async fn without_a_notification_daemon_the_app_says_so_and_keeps_everything() {
     let data = tempfile::tempdir().unwrap();
     let mut app = App::start(&desktop, data.path(), &hub.url, "hal").await;
     let first = notify(&hub, "hal", "Nobody to show this", "high").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !app.log().contains("Is a notification daemon running?") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no report; log:\n{}",
-            app.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the app reports the missing daemon", || async {
+        app.log()
+            .contains("Is a notification daemon running?")
+            .then_some(())
+    })
+    .await;
     // Still running, still receiving, everything in the history.
     let second = notify(&hub, "hal", "Still here", "urgent").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually("both notifications in the history", || async {
         let held: Vec<u64> = history(data.path()).await.iter().map(|n| n.id).collect();
-        if held.contains(&first) && held.contains(&second) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "history {held:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (held.contains(&first) && held.contains(&second)).then_some(())
+    })
+    .await;
     assert!(app.running());
     app.kill().await;
 }

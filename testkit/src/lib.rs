@@ -228,6 +228,14 @@ impl Hub {
             .unwrap_or(0)
     }
 
+    /// Whether everything `user_token` can list (first page) is marked read.
+    pub async fn all_read(&self, user_token: &str) -> bool {
+        let page = self.get("/api/v1/notifications", user_token).await;
+        page["notifications"]
+            .as_array()
+            .is_some_and(|list| list.iter().all(|n| n["read"] == true))
+    }
+
     /// Every id `user` can list, following `next` (ascending).
     pub async fn all_ids(&self, user_token: &str) -> Vec<u64> {
         let mut ids = Vec::new();
@@ -251,5 +259,26 @@ impl Hub {
                 None => return ids,
             }
         }
+    }
+}
+
+/// Polls `check` every 100 ms until it yields `Some`, and returns that; panics after
+/// [`WAIT`] naming `what` (tests wait for effects that travel through processes and
+/// sockets, never for a fixed time).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
