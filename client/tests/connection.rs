@@ -105,21 +105,12 @@ async fn reconnects_racing_publishes_lose_and_repeat_nothing() {
     let mut cy = TestDevice::start(dev_dir.path(), &hub.url, &token("cy")).await;
     cy.until_state(ConnectionState::Connected).await;
 
-    let (url, http) = (hub.url.clone(), hub.http.clone());
+    let publisher = hub.publisher();
     let publisher = tokio::spawn(async move {
         let mut ids = BTreeSet::new();
         for i in 0..300 {
-            let r: serde_json::Value = http
-                .post(format!("{url}/api/v1/notifications"))
-                .bearer_auth(KEY)
-                .json(&json!({"to": ["user:cy", "all"], "title": format!("n{i}")}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            ids.insert(r["id"].as_u64().unwrap());
+            let body = json!({"to": ["user:cy", "all"], "title": format!("n{i}")});
+            ids.insert(publisher.publish(body).await);
         }
         ids
     });
@@ -197,21 +188,15 @@ async fn a_client_killed_mid_stream_resumes_without_loss_or_repeats() {
     let mut first = follow(dev_dir.path());
     let (mut first_ids, first_rest) = printed(&mut first, 20).await;
     // Keep publishing and kill the follower with SIGKILL in the middle of the stream.
-    let (url, http) = (hub.url.clone(), hub.http.clone());
+    let publisher = hub.publisher();
     let stream = tokio::spawn(async move {
         let mut ids = Vec::new();
         for i in 0..200 {
-            let r: serde_json::Value = http
-                .post(format!("{url}/api/v1/notifications"))
-                .bearer_auth(KEY)
-                .json(&json!({"to": ["user:dee"], "title": format!("stream {i}")}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            ids.push(r["id"].as_u64().unwrap());
+            ids.push(
+                publisher
+                    .publish_to("user:dee", &format!("stream {i}"))
+                    .await,
+            );
         }
         ids
     });

@@ -594,15 +594,7 @@ async fn bad_and_expired_tokens_are_refused_at_the_handshake() {
     let mut ok = synced_subscriber(&hub.url, &token("vic"), Some(0)).await;
     let id = hub.publish_to("all", "after refusals").await;
     assert_eq!(ok.live(1).await[0].id, id);
-    let metrics = hub
-        .http
-        .get(format!("{}/metrics", hub.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(
         metrics.contains("belfry_auth_failures_total 8"),
         "{metrics}"
@@ -852,15 +844,7 @@ async fn metrics_and_health_report_activity() {
     let mut s = synced_subscriber(&hub.url, &token("bea"), Some(0)).await;
     hub.publish_to("user:bea", "counted").await;
     s.live(1).await;
-    let text = hub
-        .http
-        .get(format!("{}/metrics", hub.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = hub.metrics().await;
     for line in [
         "belfry_connections 1",
         "belfry_publishes_total 1",

@@ -125,21 +125,15 @@ async fn catch_up_racing_live_publishes_leaves_no_gap() {
         backlog.push(hub.publish_to("user:gus", &format!("backlog {i}")).await);
     }
     // Publish continuously while gus connects and catches up.
-    let url = hub.url.clone();
-    let http = hub.http.clone();
+    let publisher = hub.publisher();
     let publisher = tokio::spawn(async move {
         let mut ids = Vec::new();
         for i in 0..300 {
-            let r = http
-                .post(format!("{url}/api/v1/notifications"))
-                .bearer_auth(KEY)
-                .json(&json!({"to": ["user:gus"], "title": format!("racing {i}")}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-            let body: serde_json::Value = r.json().await.unwrap();
-            ids.push(body["id"].as_u64().unwrap());
+            ids.push(
+                publisher
+                    .publish_to("user:gus", &format!("racing {i}"))
+                    .await,
+            );
         }
         ids
     });
@@ -203,17 +197,11 @@ async fn live_notifications_arrive_in_id_order_under_concurrent_publishers() {
     let mut jan = synced_subscriber(&hub.url, &token("jan"), Some(0)).await;
     let mut tasks = Vec::new();
     for p in 0..8 {
-        let (url, http) = (hub.url.clone(), hub.http.clone());
+        let publisher = hub.publisher();
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
-                let r = http
-                    .post(format!("{url}/api/v1/notifications"))
-                    .bearer_auth(KEY)
-                    .json(&json!({"to": ["user:jan", "all"], "title": format!("p{p} #{i}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
+                let body = json!({"to": ["user:jan", "all"], "title": format!("p{p} #{i}")});
+                publisher.publish(body).await;
             }
         }));
     }
@@ -257,7 +245,6 @@ async fn a_client_that_stops_reading_is_caught_up_instead_of_losing_notification
     // ~4 KB each: far more than the socket buffers hold.
     let body = "x".repeat(4000);
     let mut published = Vec::new();
-    let metrics_url = format!("{}/metrics", hub.url);
     for i in 0..6000 {
         published.push(
             hub.publish(json!({"to": ["user:slo"], "title": format!("n{i}"), "body": body}))
@@ -265,29 +252,13 @@ async fn a_client_that_stops_reading_is_caught_up_instead_of_losing_notification
                 .id,
         );
         if i % 500 == 499 {
-            let m = hub
-                .http
-                .get(&metrics_url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = hub.metrics().await;
             if !m.contains("belfry_lagged_total 0") {
                 break;
             }
         }
     }
-    let m = hub
-        .http
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = hub.metrics().await;
     assert!(
         !m.contains("belfry_lagged_total 0"),
         "the socket never fell behind:\n{m}"

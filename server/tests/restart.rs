@@ -4,9 +4,9 @@
 
 mod common;
 
-use belfry_testkit::{Hub, KEY, WAIT, token};
+use belfry_testkit::{Hub, WAIT, token};
 use common::{Subscriber, assert_ascending};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeSet;
 
 #[tokio::test]
@@ -17,24 +17,16 @@ async fn sigkill_mid_stream_loses_no_acknowledged_publish() {
     // Four publishers stream until the hub dies; each records what was answered 201.
     let mut publishers = Vec::new();
     for p in 0..4 {
-        let (http, url) = (hub.http.clone(), hub.url.clone());
+        let publisher = hub.publisher();
         publishers.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for i in 0..100_000 {
-                let r = http
-                    .post(format!("{url}/api/v1/notifications"))
-                    .bearer_auth(KEY)
-                    .json(&json!({"to": ["user:kai"], "title": format!("p{p} #{i}")}))
-                    .send()
-                    .await;
-                let Ok(r) = r else { break };
-                if r.status() != 201 {
-                    break;
+                let body = json!({"to": ["user:kai"], "title": format!("p{p} #{i}")});
+                // The first refusal or broken connection is the kill: stop there.
+                match publisher.try_publish(body).await {
+                    Ok(id) => acknowledged.push(id),
+                    Err(_) => break,
                 }
-                let Ok(body) = r.json::<Value>().await else {
-                    break;
-                };
-                acknowledged.push(body["id"].as_u64().unwrap());
             }
             acknowledged
         }));

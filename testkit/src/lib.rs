@@ -69,6 +69,81 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Publishes to a hub with one key. Cheap to clone, so a test can publish from spawned
+/// tasks while it watches clients.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Publisher {
+    /// A publisher for the hub at `url` (e.g. `http://127.0.0.1:8080`) with `key`.
+    pub fn new(url: &str, key: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+            url: url.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+
+    /// Publishes `body`; panics unless 201; returns the id.
+    pub async fn publish(&self, body: Value) -> u64 {
+        self.try_publish(body)
+            .await
+            .unwrap_or_else(|e| panic!("publish refused: {e}"))
+    }
+
+    /// Publishes `body`; the id, or why not (a status and body, or a transport error),
+    /// for tests that publish while the hub may be going away.
+    pub async fn try_publish(&self, body: Value) -> Result<u64, String> {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/notifications", self.url))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let body: Value = r.json().await.map_err(|e| e.to_string())?;
+        if status != 201 {
+            return Err(format!("{status}: {body}"));
+        }
+        body["id"]
+            .as_u64()
+            .ok_or_else(|| format!("no id in {body}"))
+    }
+
+    /// Publishes a title to one target.
+    pub async fn publish_to(&self, target: &str, title: &str) -> u64 {
+        self.publish(json!({"to": [target], "title": title})).await
+    }
+
+    /// The hub's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// A metric's value (0 when absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 /// The hub as a child process on a fixed port.
 #[derive(Debug)]
 pub struct Hub {
@@ -164,25 +239,19 @@ impl Hub {
             .unwrap()
     }
 
+    /// A publisher with the test key.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(&self.url, KEY)
+    }
+
     /// Publishes with the test key; panics unless 201; returns the id.
     pub async fn publish(&self, body: Value) -> u64 {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/notifications", self.url))
-            .bearer_auth(KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(status, 201, "{body}");
-        body["id"].as_u64().unwrap()
+        self.publisher().publish(body).await
     }
 
     /// Publishes a title to one target.
     pub async fn publish_to(&self, target: &str, title: &str) -> u64 {
-        self.publish(json!({"to": [target], "title": title})).await
+        self.publisher().publish_to(target, title).await
     }
 
     /// GET a JSON document with a bearer credential.
@@ -213,19 +282,7 @@ impl Hub {
 
     /// A metric's value from `/metrics` (0 when absent).
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        self.publisher().metric(name).await
     }
 
     /// Whether everything `user_token` can list (first page) is marked read.

@@ -118,6 +118,16 @@ impl TestHub {
         dir
     }
 
+    /// A publisher with the test key, for publishing from spawned tasks.
+    pub fn publisher(&self) -> belfry_testkit::Publisher {
+        belfry_testkit::Publisher::new(&self.url, KEY)
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.publisher().metrics().await
+    }
+
     pub fn api(&self, path: &str) -> String {
         format!("{}/api/v1{}", self.url, path)
     }
