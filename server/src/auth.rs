@@ -37,6 +37,19 @@ impl UserClaims {
     pub fn allowed_topics(&self) -> TopicPatterns {
         self.topics.clone().unwrap_or_else(TopicPatterns::any)
     }
+
+    /// The Unix second from which the token is refused (its `exp` plus the clock-skew
+    /// leeway).
+    pub fn valid_until(&self) -> i64 {
+        self.exp.saturating_add(LEEWAY_SECS)
+    }
+
+    /// How long from now the token stays valid (zero once it has expired).
+    pub fn remaining(&self) -> std::time::Duration {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let secs = self.valid_until().saturating_sub(now).max(0);
+        std::time::Duration::from_secs(secs.unsigned_abs())
+    }
 }
 
 /// Why a token was refused. The message says why in plain words; the code is stable.
@@ -170,7 +183,7 @@ impl TokenSigner {
         let claims: UserClaims =
             serde_json::from_slice(&payload).map_err(|e| TokenError::Claims(format!("{e}")))?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        if claims.exp.saturating_add(LEEWAY_SECS) < now {
+        if claims.valid_until() <= now {
             let when = OffsetDateTime::from_unix_timestamp(claims.exp)
                 .ok()
                 .and_then(|t| {

@@ -65,6 +65,8 @@ pub struct Session {
     acked: AtomicU64,
     /// Whether this socket is counted in the connections gauge.
     counted: AtomicBool,
+    /// Signalled when the socket disconnects (ends the token-expiry watch).
+    ended: tokio::sync::Notify,
 }
 
 impl Session {
@@ -83,7 +85,19 @@ impl Session {
             pending_sync: Mutex::new(None),
             acked: AtomicU64::new(0),
             counted: AtomicBool::new(false),
+            ended: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Records that the socket disconnected.
+    pub fn end(&self) {
+        // notify_one keeps a permit if nobody waits yet, so the signal is never lost.
+        self.ended.notify_one();
+    }
+
+    /// Resolves once the socket has disconnected.
+    pub async fn ended(&self) {
+        self.ended.notified().await;
     }
 
     /// The lock held for the whole of a catch-up.
@@ -96,7 +110,7 @@ impl Session {
         self.acked.load(Relaxed) < up_to
     }
 
-    /// Records the user's delivery watermark after an ack stored it.
+    /// Records the highest id this socket acknowledged.
     pub fn acked(&self, watermark: u64) {
         self.acked.fetch_max(watermark, Relaxed);
     }
@@ -141,6 +155,7 @@ pub async fn run(state: SharedState, mut committed: mpsc::Receiver<Vec<Committed
 }
 
 fn deliver(state: &SharedState, c: &Committed) {
+    state.note_head(c.notification.id);
     let rooms: Vec<String> = c.targets.iter().map(Target::to_string).collect();
     let sockets = state.sockets_in(rooms);
     if !sockets.is_empty() {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod rate_limit;
+pub mod receipts;
 mod retention;
 pub mod secrets;
 pub mod socket;
@@ -36,6 +37,8 @@ pub struct Hub {
     pub state: SharedState,
     layer: socketioxide::layer::SocketIoLayer,
     tasks: Vec<JoinHandle<()>>,
+    /// The receipts task and its stop signal (it writes the last acks before it ends).
+    receipts: (JoinHandle<()>, Arc<tokio::sync::Notify>),
     writer: JoinHandle<()>,
 }
 
@@ -69,10 +72,14 @@ impl Hub {
         let (committed, delivery) = state.spawn_delivery();
         let writer = tokio::spawn(writer.run(committed));
         let pruner = tokio::spawn(retention::run(state.clone()));
+        state.note_head(state.store.head().await?);
+        let receipts_stop = Arc::new(tokio::sync::Notify::new());
+        let receipts = tokio::spawn(receipts::run(state.clone(), receipts_stop.clone()));
         Ok(Hub {
             state,
             layer,
             tasks: vec![delivery, pruner],
+            receipts: (receipts, receipts_stop),
             writer,
         })
     }
@@ -87,6 +94,12 @@ impl Hub {
         self.state.io.close().await;
         for task in &self.tasks {
             task.abort();
+        }
+        // The sockets are closed: the receipts task writes the last acks and ends.
+        let (receipts, stop) = self.receipts;
+        stop.notify_one();
+        if let Err(e) = receipts.await {
+            tracing::error!(error = %e, "receipts task failed");
         }
         self.state.store.writer().close().await;
         if let Err(e) = self.writer.await {
@@ -118,6 +131,22 @@ async fn stop_sockets(state: &SharedState, io: &SocketIo) {
     io.close().await;
 }
 
+/// Makes the kernel abort a connection whose peer takes nothing for as long as the
+/// heartbeat allows a silent client (ping interval + ping timeout). A client that stops
+/// reading otherwise holds its connection forever: once its TCP window is closed, the
+/// hub's writes wait without end, and Engine.IO's own close waits for that writer. The
+/// option set on the listener is inherited by every accepted socket (Linux).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn drop_stuck_peers(listener: &TcpListener, heartbeat: &config::Heartbeat) {
+    let limit = heartbeat.interval + heartbeat.timeout;
+    if let Err(e) = socket2::SockRef::from(listener).set_tcp_user_timeout(Some(limit)) {
+        tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT; a client that stops reading may hold its connection");
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn drop_stuck_peers(_listener: &TcpListener, _heartbeat: &config::Heartbeat) {}
+
 /// Serves the hub on `listener` until `shutdown` resolves, then stops accepting, closes
 /// the sockets, lets in-flight requests finish and closes the store.
 pub async fn run(
@@ -126,6 +155,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let tls = config.tls.clone();
+    drop_stuck_peers(&listener, &config.heartbeat);
     let hub = Hub::start(config).await?;
     let router = hub.router();
     let io = hub.state.io.clone();

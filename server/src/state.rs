@@ -42,6 +42,10 @@ pub struct AppState {
     /// unsubscribe), striped by a hash of the user id: without it a subscribe racing a
     /// connect could leave a socket outside a room its user subscribed to.
     user_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Acks waiting to be written as delivery receipts.
+    pub acks: crate::receipts::PendingAcks,
+    /// The highest id committed and handed to delivery (what an ack may cover).
+    head: std::sync::atomic::AtomicU64,
     /// Set when shutdown begins: publisher events are refused from then on.
     shutting_down: std::sync::atomic::AtomicBool,
     /// Publisher events in flight (shutdown waits for them before closing sockets).
@@ -79,6 +83,8 @@ impl AppState {
             user_locks: (0..USER_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            acks: crate::receipts::PendingAcks::default(),
+            head: std::sync::atomic::AtomicU64::new(0),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             publishing: std::sync::atomic::AtomicUsize::new(0),
             publishing_done: tokio::sync::Notify::new(),
@@ -149,6 +155,16 @@ impl AppState {
             user: user.to_owned(),
             topics,
         })
+    }
+
+    /// The highest id committed and handed to delivery.
+    pub fn head(&self) -> u64 {
+        self.head.load(Relaxed)
+    }
+
+    /// Raises [`head`](Self::head) to `id`.
+    pub fn note_head(&self, id: u64) {
+        self.head.fetch_max(id, Relaxed);
     }
 
     /// The lock that serialises room changes of one user.
@@ -270,17 +286,9 @@ impl AppState {
         request: ReadRequest,
         from: Option<Sid>,
     ) -> Result<u64, ErrorBody> {
+        request.validate()?;
         let selection = match &request {
-            ReadRequest::Ids { ids } => {
-                if ids.len() > 1000 {
-                    return Err(ErrorBody::field(
-                        ErrorCode::InvalidField,
-                        "ids",
-                        "at most 1000 ids per request; use up_to for more",
-                    ));
-                }
-                ReadSelection::Ids(ids.clone())
-            }
+            ReadRequest::Ids { ids } => ReadSelection::Ids(ids.clone()),
             ReadRequest::UpTo { up_to } => ReadSelection::UpTo(*up_to),
         };
         let viewer = self.viewer(&claims.sub, &claims.allowed_topics()).await?;
@@ -371,7 +379,8 @@ impl Drop for PublishingGuard {
     }
 }
 
-fn check_topic(claims: &UserClaims, topic: &str) -> Result<(), ErrorBody> {
+/// Checks a topic name and that the token allows it.
+pub fn check_topic(claims: &UserClaims, topic: &str) -> Result<(), ErrorBody> {
     validate_topic(topic).map_err(|e| ErrorBody::field(ErrorCode::InvalidField, "topic", e))?;
     if !claims.allowed_topics().allows(topic) {
         return Err(ErrorBody::new(

@@ -3,7 +3,7 @@
 //! Subscribers connect to namespace [`SUBSCRIBER_NAMESPACE`] with [`HandshakeAuth`];
 //! publishers to [`PUBLISHER_NAMESPACE`] with [`PublisherAuth`].
 
-use crate::{ErrorBody, Notification};
+use crate::{ErrorBody, ErrorCode, Notification};
 use serde::{Deserialize, Serialize};
 
 /// The subscribers' namespace.
@@ -96,6 +96,25 @@ pub enum ReadRequest {
     },
 }
 
+impl ReadRequest {
+    /// Checks the request's size.
+    pub fn validate(&self) -> Result<(), ErrorBody> {
+        match self {
+            ReadRequest::Ids { ids } if ids.len() > crate::limits::MAX_READ_IDS => {
+                Err(ErrorBody::field(
+                    ErrorCode::InvalidField,
+                    "ids",
+                    format!(
+                        "at most {} ids per request; use up_to for more",
+                        crate::limits::MAX_READ_IDS
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Server -> client: notifications were marked read by another device of the same user.
 /// Same shape as [`ReadRequest`].
 pub type ReadEvent = ReadRequest;
@@ -164,7 +183,6 @@ pub enum PublishReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorCode;
     use serde_json::json;
 
     #[test]

@@ -38,6 +38,8 @@ pub mod limits {
     pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
     /// Longest time to live: 366 days.
     pub const MAX_TTL_SECS: u64 = 366 * 24 * 3600;
+    /// Most ids in one `read` request (`up_to` covers more).
+    pub const MAX_READ_IDS: usize = 1000;
 }
 
 /// A request to publish a notification, as a publisher sends it (HTTP body or the

@@ -45,12 +45,7 @@ pub async fn send(
         ));
     }
     let bytes = body_bytes(req, &state).await?;
-    let (notification, channels) = if json {
-        from_json(decode_json(&bytes)?)?
-    } else {
-        from_form(&bytes)?
-    };
-    let request = to_request(notification, channels)?;
+    let request = decode_send(&bytes, json)?;
     let p = state.publish(key, request, received).await?;
     Ok((
         StatusCode::CREATED,
@@ -60,6 +55,17 @@ pub async fn send(
             duplicate: p.duplicate,
         }),
     ))
+}
+
+/// Decodes a `/send` body (JSON when `json`, a URL-encoded form otherwise) into the
+/// publish request it stands for (still to be validated).
+pub fn decode_send(bytes: &[u8], json: bool) -> Result<PublishRequest, ApiError> {
+    let (notification, channels) = if json {
+        from_json(decode_json(bytes)?)?
+    } else {
+        from_form(bytes)?
+    };
+    to_request(notification, channels)
 }
 
 fn from_json(body: Value) -> Result<(Value, Vec<String>), ApiError> {

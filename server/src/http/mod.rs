@@ -1,7 +1,7 @@
 //! The HTTP edge: routes, body limit, CORS, and JSON errors for everything (including
 //! unknown paths and wrong methods).
 
-mod compat;
+pub mod compat;
 pub mod extract;
 mod notifications;
 mod ops;

@@ -9,7 +9,7 @@ use socketioxide::ParserError;
 
 /// The first argument of an event (socketioxide hands a non-tuple `Data` the first
 /// argument), decoded as `T`, or an error that says what was expected.
-pub(crate) fn first_arg<T: DeserializeOwned>(
+pub fn first_arg<T: DeserializeOwned>(
     arg: Result<serde_json::Value, ParserError>,
     expected: &str,
 ) -> Result<T, ErrorBody> {

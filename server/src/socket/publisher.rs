@@ -112,9 +112,11 @@ async fn reply(
 }
 
 /// The three arguments of `notify-user` / `notify-users`.
-type LegacyArgs = (serde_json::Value, serde_json::Value, serde_json::Value);
+pub type LegacyArgs = (serde_json::Value, serde_json::Value, serde_json::Value);
 
-fn legacy_form(
+/// Decodes `notify-user` (`many: false`) or `notify-users` (`many: true`) into the
+/// publish request it stands for (still to be validated).
+pub fn legacy_form(
     args: Result<LegacyArgs, ParserError>,
     many: bool,
 ) -> Result<PublishRequest, ErrorBody> {

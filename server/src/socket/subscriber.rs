@@ -3,6 +3,7 @@
 //! `unsubscribe`, `sync` and `heartbeat`.
 
 use super::{ConnectRefused, first_arg};
+use crate::auth::{TokenSigner, UserClaims};
 use crate::delivery::{self, CatchUpFrom, Session, rooms, session, session as session_of};
 use crate::state::SharedState;
 use belfry_protocol::events::{
@@ -54,7 +55,21 @@ fn authenticate(
     socket: &SocketRef,
     auth: Result<serde_json::Value, ParserError>,
 ) -> Result<(), ConnectRefused> {
-    let refuse = |code, msg: &str| ConnectRefused(ErrorBody::new(code, msg));
+    let (claims, cursor) = check_handshake(&state.tokens, auth).map_err(ConnectRefused)?;
+    socket
+        .extensions
+        .insert(Arc::new(Session::new(claims, &state.config.limits)));
+    socket.extensions.insert(HandshakeCursor(cursor));
+    Ok(())
+}
+
+/// Decodes a subscriber's handshake `auth` and verifies its token: the claims and the
+/// cursor the client holds, or why the connection is refused.
+pub fn check_handshake(
+    tokens: &TokenSigner,
+    auth: Result<serde_json::Value, ParserError>,
+) -> Result<(UserClaims, Option<u64>), ErrorBody> {
+    let refuse = |code, msg: &str| ErrorBody::new(code, msg);
     let auth = auth.map_err(|_| refuse(ErrorCode::Unauthorized, "handshake auth is not JSON"))?;
     if auth.is_null() {
         return Err(refuse(
@@ -68,15 +83,8 @@ fn authenticate(
             &format!("handshake auth must be {{\"token\": string, \"cursor\": id or null}}: {e}"),
         )
     })?;
-    let claims = state
-        .tokens
-        .verify(&auth.token)
-        .map_err(|e| ConnectRefused(e.into()))?;
-    socket
-        .extensions
-        .insert(Arc::new(Session::new(claims, &state.config.limits)));
-    socket.extensions.insert(HandshakeCursor(auth.cursor));
-    Ok(())
+    let claims = tokens.verify(&auth.token)?;
+    Ok((claims, auth.cursor))
 }
 
 async fn connected(state: SharedState, socket: SocketRef) {
@@ -95,6 +103,7 @@ async fn connected(state: SharedState, socket: SocketRef) {
     socket.on_disconnect({
         let (state, session) = (state.clone(), session.clone());
         move || {
+            session.end();
             if session.uncount() {
                 state.metrics.connections.fetch_sub(1, Relaxed);
             }
@@ -128,7 +137,9 @@ async fn connected(state: SharedState, socket: SocketRef) {
         );
     }
     if !socket.connected() {
-        // Closed while we were joining: a join after the close would stay forever.
+        // Closed while we were joining: a join after the close would stay forever. (It
+        // may have closed before its disconnect handler was set: end the session here.)
+        session.end();
         socket.leave_all();
         if session.uncount() {
             state.metrics.connections.fetch_sub(1, Relaxed);
@@ -136,6 +147,7 @@ async fn connected(state: SharedState, socket: SocketRef) {
         return;
     }
     tracing::debug!(sid = %socket.id, user = %session.user, "subscriber connected");
+    close_at_expiry(&socket, &session);
 
     let cursor = socket.extensions.get::<HandshakeCursor>().and_then(|c| c.0);
     delivery::catch_up_locked(
@@ -146,6 +158,21 @@ async fn connected(state: SharedState, socket: SocketRef) {
         catching_up,
     )
     .await;
+}
+
+/// Disconnects the socket when its token expires: a socket never outlives the token it
+/// was opened with. The client's reconnect then meets the refusal (`token_expired`).
+fn close_at_expiry(socket: &SocketRef, session: &Arc<Session>) {
+    let (socket, session) = (socket.clone(), session.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(session.claims.remaining()) => {
+                tracing::info!(sid = %socket.id, user = %session.user, "token expired; disconnecting");
+                let _ = socket.disconnect();
+            }
+            () = session.ended() => {}
+        }
+    });
 }
 
 /// Applies the socket's event rate limit.
@@ -233,12 +260,14 @@ async fn on_ack(
     args: ArgsResult,
 ) -> Result<(), ErrorBody> {
     let AckRequest { up_to } = first_arg(args, "{\"up_to\": id}")?;
-    if !session.acks_something(up_to) {
-        return Ok(());
+    // An ack above anything published counts as the head (and cannot silence the
+    // socket's later acks).
+    let up_to = up_to.min(state.head());
+    if session.acks_something(up_to) {
+        // Written in the background, coalesced per user (see receipts.rs).
+        state.acks.note(&session.user, &session.allowed, up_to);
+        session.acked(up_to);
     }
-    let viewer = state.viewer(&session.user, &session.allowed).await?;
-    let watermark = state.store.writer().ack(viewer, up_to).await?;
-    session.acked(watermark);
     Ok(())
 }
 

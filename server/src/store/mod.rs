@@ -128,6 +128,10 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
+            // Waiting for a read connection is normal under a connect storm (thousands of
+            // catch-ups queue for four connections); at warn level sqlx logs a line per
+            // wait over 2 s, tens of thousands in a reconnect storm of 10,000 clients.
+            .acquire_slow_level(tracing::log::LevelFilter::Debug)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;

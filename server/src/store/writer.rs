@@ -8,7 +8,7 @@
 //! to delivery in id order, which is commit order, because only this task assigns ids.
 
 use super::{StoreError, VISIBLE_IDS, Viewer, now_ms, rows, target_key};
-use belfry_protocol::{Notification, Target, ValidPublish};
+use belfry_protocol::{Notification, Target, TopicPatterns, ValidPublish};
 use sqlx::{Connection, SqliteConnection};
 use std::time::Instant;
 use time::OffsetDateTime;
@@ -72,7 +72,8 @@ enum Op {
         reply: Reply<Published>,
     },
     Ack {
-        viewer: Viewer,
+        user: String,
+        allowed: TopicPatterns,
         up_to: u64,
         reply: Reply<u64>,
     },
@@ -204,9 +205,15 @@ impl WriterHandle {
 
     /// Records that the viewer's device stored everything visible up to `up_to` (capped
     /// at the head). Returns the user's delivery watermark afterwards.
-    pub async fn ack(&self, viewer: Viewer, up_to: u64) -> Result<u64, StoreError> {
+    pub async fn ack(
+        &self,
+        user: &str,
+        allowed: &TopicPatterns,
+        up_to: u64,
+    ) -> Result<u64, StoreError> {
         self.submit(|reply| Op::Ack {
-            viewer,
+            user: user.to_owned(),
+            allowed: allowed.clone(),
             up_to,
             reply,
         })
@@ -425,11 +432,15 @@ impl Writer {
                 Err(e) => (Outcome::Publish(reply, Err(e.into())), None),
             },
             Op::Ack {
-                viewer,
+                user,
+                allowed,
                 up_to,
                 reply,
             } => (
-                Outcome::Count(reply, self.ack(&viewer, up_to).await.map_err(Into::into)),
+                Outcome::Count(
+                    reply,
+                    self.ack(&user, &allowed, up_to).await.map_err(Into::into),
+                ),
                 None,
             ),
             Op::Read {
@@ -582,19 +593,35 @@ impl Writer {
         .await
     }
 
-    async fn ack(&mut self, viewer: &Viewer, up_to: u64) -> Result<u64, sqlx::Error> {
+    async fn ack(
+        &mut self,
+        user: &str,
+        allowed: &TopicPatterns,
+        up_to: u64,
+    ) -> Result<u64, sqlx::Error> {
         // Never move the watermark past what exists, or later notifications would be
         // skipped by the next ack.
         let up_to = id_param(up_to).min(self.head().await?);
         let from: i64 = sqlx::query_scalar(
             "SELECT coalesce((SELECT acked_up_to FROM users WHERE user_id = ?), 0)",
         )
-        .bind(&viewer.user)
+        .bind(user)
         .fetch_one(&mut self.conn)
         .await?;
         if up_to <= from {
             return Ok(u64::try_from(from).unwrap_or(0));
         }
+        // The user's visible topics, read here on the writer's own connection: acks come
+        // by the thousand after a fan-out and must not queue for the read pool.
+        let topics: Vec<String> =
+            sqlx::query_scalar("SELECT topic FROM subscriptions WHERE user_id = ?")
+                .bind(user)
+                .fetch_all(&mut self.conn)
+                .await?;
+        let viewer = Viewer {
+            user: user.to_owned(),
+            topics: topics.into_iter().filter(|t| allowed.allows(t)).collect(),
+        };
         let sql = format!(
             "INSERT INTO user_state (user_id, notification_id, delivered_at) \
              SELECT ?1, id, ?5 FROM ({VISIBLE_IDS}) WHERE true \

@@ -1,0 +1,90 @@
+//! Delivery receipts from client acks, coalesced per user and written in the background.
+//!
+//! Every device acks every batch and live notification it stores, so one publish to
+//! everyone brings an ack from every connected socket at once. Acks only feed receipts
+//! (`delivered_at`), so they need not be written one by one or before the reply: each
+//! ack raises the user's pending point here, and a task writes the pending points every
+//! [`FLUSH_INTERVAL`] through the store's writer (one operation per user and token scope,
+//! however many acks came), and once more when the hub stops.
+
+use crate::state::SharedState;
+use belfry_protocol::TopicPatterns;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How often pending acks are written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One pending point: everything up to `up_to` that sockets with these topic patterns
+/// may see.
+type Step = (u64, TopicPatterns);
+
+/// Acks received and not yet written: per user, the points in the order they were
+/// raised. Devices whose tokens allow the same topics share one point; a device with
+/// other patterns gets its own, since an ack records what the acking socket may see.
+#[derive(Debug, Default)]
+pub struct PendingAcks {
+    by_user: Mutex<HashMap<String, Vec<Step>>>,
+}
+
+impl PendingAcks {
+    /// Records an ack.
+    pub fn note(&self, user: &str, allowed: &TopicPatterns, up_to: u64) {
+        let mut map = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
+        let steps = map.entry(user.to_owned()).or_default();
+        match steps.iter_mut().find(|(_, p)| p == allowed) {
+            Some((pending, _)) => *pending = (*pending).max(up_to),
+            None => steps.push((up_to, allowed.clone())),
+        }
+    }
+
+    fn take(&self) -> HashMap<String, Vec<Step>> {
+        std::mem::take(&mut *self.by_user.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Writes every pending ack; points that fail to write are kept for the next flush.
+/// Returns how many points were written.
+pub async fn flush(state: &SharedState) -> usize {
+    let pending = state.acks.take();
+    let writer = state.store.writer();
+    // Users in parallel (the writer batches them); one user's points in order, lowest
+    // first, so each advances the user's watermark by what its patterns may see.
+    let writes = pending.into_iter().map(|(user, mut steps)| async move {
+        steps.sort_by_key(|(up_to, _)| *up_to);
+        let mut written = 0;
+        for (up_to, allowed) in steps {
+            match writer.ack(&user, &allowed, up_to).await {
+                Ok(_) => written += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, user, "writing a delivery receipt; retrying later");
+                    state.acks.note(&user, &allowed, up_to);
+                }
+            }
+        }
+        written
+    });
+    futures_util::future::join_all(writes)
+        .await
+        .into_iter()
+        .sum()
+}
+
+/// The background task: flushes every [`FLUSH_INTERVAL`] until `stop` is notified, then
+/// once more.
+pub(crate) async fn run(state: SharedState, stop: std::sync::Arc<tokio::sync::Notify>) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                flush(&state).await;
+            }
+            () = stop.notified() => {
+                flush(&state).await;
+                return;
+            }
+        }
+    }
+}
