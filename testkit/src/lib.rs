@@ -1,7 +1,12 @@
 //! Test support shared by Belfry's suites: the real `belfry-server` binary on a real
 //! loopback port (killable with SIGKILL and restartable on the same port and data dir),
-//! tokens minted by that binary, and publishing over its HTTP API.
+//! tokens minted by that binary, publishing over its HTTP API, and a TCP proxy that
+//! injects network faults.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+mod proxy;
+
+pub use proxy::FaultProxy;
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -17,14 +22,20 @@ pub const KEY: &str = "bfk_belfry_test_key";
 /// The longest any single wait lasts.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A binary of the workspace: `$env` if set, else next to the running test's binary
+/// A binary of the workspace: `$env` if set, else next to the running binary or test
 /// (`cargo test --workspace` builds every binary before it runs any test).
 pub fn workspace_bin(name: &str, env: &str) -> PathBuf {
     if let Ok(p) = std::env::var(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
+    // A test runs from target/<profile>/deps, a binary from target/<profile>.
+    let dir = exe.parent().unwrap();
+    let bin = if dir.join(name).exists() {
+        dir.join(name)
+    } else {
+        dir.parent().unwrap().join(name)
+    };
     assert!(
         bin.exists(),
         "{} is missing: build it first (make test does)",
@@ -58,6 +69,15 @@ pub fn token(user: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Resident set size of process `pid`, in KiB (`VmRSS` in /proc).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// A free port on 127.0.0.1 (bound and released).
@@ -152,6 +172,8 @@ pub struct Hub {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     dir: PathBuf,
+    /// Extra arguments to `belfry-server serve`.
+    args: Vec<String>,
     child: Option<Child>,
     /// A client for the tests' own requests.
     pub http: reqwest::Client,
@@ -165,10 +187,17 @@ impl Hub {
 
     /// Starts a hub on `dir` and `port`.
     pub async fn start_on(dir: &Path, port: u16) -> Hub {
+        Self::start_with(dir, port, &[]).await
+    }
+
+    /// Starts a hub on `dir` and `port` with extra `serve` arguments (kept for restarts),
+    /// e.g. `["--ping-interval", "1s"]`.
+    pub async fn start_with(dir: &Path, port: u16, args: &[&str]) -> Hub {
         let mut hub = Hub {
             port,
             url: format!("http://127.0.0.1:{port}"),
             dir: dir.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
             http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
         };
@@ -187,6 +216,7 @@ impl Hub {
                 .arg(format!("127.0.0.1:{}", self.port))
                 .arg("--data-dir")
                 .arg(&self.dir)
+                .args(&self.args)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -214,6 +244,21 @@ impl Hub {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Its listening address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Its resident memory in KiB, while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid()?)
     }
 
     /// SIGKILL: no goodbye, no flush.
