@@ -17,29 +17,60 @@ struct Session {
     base: String,
 }
 
+/// WebKitWebDriver's answer when the page re-rendered an element between finding it and
+/// using it (the list re-renders on every notification and keystroke).
+const STALE: &str = "stale element reference";
+
 impl Session {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let body_for_error = body.clone();
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Value> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.json(&b);
         }
         let r: Value = req.send().await.unwrap().json().await.unwrap();
-        assert!(
-            r["value"]["error"].is_null(),
-            "{path} {:?}: {r}",
-            body_for_error
-        );
-        r["value"].clone()
+        if r["value"]["error"].is_null() {
+            Ok(r["value"].clone())
+        } else {
+            Err(r["value"].clone())
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let shown = body.clone();
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{path} {shown:?}: {e}"))
+    }
+
+    /// Calls `method` on `path` again while the answer is "stale element", up to WAIT.
+    async fn call_fresh<F: std::future::Future<Output = Result<Value, Value>>>(
+        &self,
+        what: &str,
+        attempt: impl Fn() -> F,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match attempt().await {
+                Ok(v) => return v,
+                Err(e) if e["error"] == STALE && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
     }
 
     async fn find_all(&self, css: &str) -> Vec<String> {
+        let query = json!({"using": "css selector", "value": css});
         let v = self
-            .call(
-                reqwest::Method::POST,
-                "/elements",
-                Some(json!({"using": "css selector", "value": css})),
-            )
+            .call_fresh(css, || {
+                self.try_call(reqwest::Method::POST, "/elements", Some(query.clone()))
+            })
             .await;
         v.as_array()
             .unwrap()
@@ -74,21 +105,29 @@ impl Session {
         }
     }
 
-    async fn text(&self, element: &str) -> String {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/element/{element}/text"),
-            None,
-        )
+    /// `method` on `/element/{id}/{action}` for the first element matching `css`, found
+    /// again if the page re-rendered it in between.
+    async fn on_element(
+        &self,
+        css: &str,
+        method: reqwest::Method,
+        action: &str,
+        body: Option<Value>,
+    ) -> Value {
+        self.call_fresh(css, || async {
+            let el = self.wait_for(css, 1).await.remove(0);
+            let path = format!("/element/{el}/{action}");
+            self.try_call(method.clone(), &path, body.clone()).await
+        })
         .await
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
     }
 
     async fn text_of(&self, css: &str) -> String {
-        let el = self.wait_for(css, 1).await.remove(0);
-        self.text(&el).await
+        self.on_element(css, reqwest::Method::GET, "text", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Waits until the first element matching `css` has text satisfying `ok`.
@@ -108,24 +147,17 @@ impl Session {
     }
 
     async fn click(&self, css: &str) {
-        let el = self.wait_for(css, 1).await.remove(0);
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{el}/click"),
-            Some(json!({})),
-        )
-        .await;
+        self.on_element(css, reqwest::Method::POST, "click", Some(json!({})))
+            .await;
     }
 
     async fn set_value(&self, css: &str, value: &str) {
-        let el = self.wait_for(css, 1).await.remove(0);
-        let clear = format!("/element/{el}/clear");
-        self.call(reqwest::Method::POST, &clear, Some(json!({})))
+        self.on_element(css, reqwest::Method::POST, "clear", Some(json!({})))
             .await;
         // WebKitWebDriver refuses an empty text: clearing is all there is to do then.
         if !value.is_empty() {
-            let send = format!("/element/{el}/value");
-            self.call(reqwest::Method::POST, &send, Some(json!({"text": value})))
+            let text = json!({"text": value});
+            self.on_element(css, reqwest::Method::POST, "value", Some(text))
                 .await;
         }
     }
@@ -242,8 +274,12 @@ async fn the_window_lists_marks_read_saves_settings_and_reconnects() {
 
     // The list shows what was published while the app was not running, newest first.
     s.wait_for("body[data-ready='true']", 1).await;
-    let items = s.wait_for(".notification", 3).await;
-    assert!(s.text(&items[0]).await.contains("Invoice #1042 paid"));
+    s.wait_for(".notification", 3).await;
+    assert!(
+        s.text_of(".notification")
+            .await
+            .contains("Invoice #1042 paid")
+    );
     s.wait_text("#status-text", |t| t.contains("up to date"))
         .await;
     assert_eq!(s.text_of("#unread-count").await, "3");

@@ -10,10 +10,6 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or_default()
-}
-
 #[tokio::test]
 async fn read_state_syncs_between_devices_both_ways() {
     let hub = TestHub::start().await;
@@ -37,14 +33,7 @@ async fn read_state_syncs_between_devices_both_ways() {
         }
     }
     // Read over HTTP (another device): both sockets hear it.
-    let (status, body) = hub
-        .call(
-            Method::POST,
-            "/notifications/read",
-            &t,
-            Some(json!({"up_to": b})),
-        )
-        .await;
+    let (status, body) = hub.mark_read(&t, json!({"up_to": b})).await;
     assert_eq!((status, body), (200, json!({"marked": 1})));
     for s in [&mut laptop, &mut phone] {
         loop {
@@ -67,24 +56,10 @@ async fn read_state_syncs_between_devices_both_ways() {
             .iter()
             .all(|n| n["read"] == true)
     );
-    let (_, again) = hub
-        .call(
-            Method::POST,
-            "/notifications/read",
-            &t,
-            Some(json!({"ids": [a, b]})),
-        )
-        .await;
+    let (_, again) = hub.mark_read(&t, json!({"ids": [a, b]})).await;
     assert_eq!(again, json!({"marked": 0}));
     // Another user cannot mark kim's notifications.
-    let (_, other) = hub
-        .call(
-            Method::POST,
-            "/notifications/read",
-            &token("lou"),
-            Some(json!({"ids": [a]})),
-        )
-        .await;
+    let (_, other) = hub.mark_read(&token("lou"), json!({"ids": [a]})).await;
     assert_eq!(other, json!({"marked": 0}));
     hub.stop().await;
 }
@@ -292,14 +267,7 @@ async fn receipts_record_first_delivery_and_read_per_user() {
         .await
         .id;
     rae.live(1).await;
-    let (_, before) = hub
-        .call(
-            Method::GET,
-            &format!("/notifications/{id}/receipts"),
-            KEY,
-            None,
-        )
-        .await;
+    let before = hub.receipts(id).await;
     assert_eq!(before["receipts"].as_array().unwrap().len(), 2);
     assert!(
         before["receipts"]
@@ -313,23 +281,16 @@ async fn receipts_record_first_delivery_and_read_per_user() {
         rae.request("ack", json!({"up_to": id})).await,
         json!({"ok": true})
     );
-    let (status, _) = hub
-        .call(
-            Method::POST,
-            "/notifications/read",
-            &token("sam"),
-            Some(json!({"ids": [id]})),
-        )
-        .await;
+    let (status, _) = hub.mark_read(&token("sam"), json!({"ids": [id]})).await;
     assert_eq!(status, 200);
-    let (_, after) = hub
-        .call(
-            Method::GET,
-            &format!("/notifications/{id}/receipts"),
-            KEY,
-            None,
-        )
-        .await;
+    // Acks are written in the background, within about half a second.
+    let after = belfry_testkit::eventually("rae's ack recorded", || async {
+        let after = hub.receipts(id).await;
+        after["receipts"][0]["delivered_at"]
+            .is_string()
+            .then_some(after)
+    })
+    .await;
     let receipts = after["receipts"].as_array().unwrap();
     assert_eq!(receipts[0]["user"], "rae");
     assert!(receipts[0]["delivered_at"].is_string());
@@ -551,54 +512,6 @@ async fn bad_publishes_get_clear_errors_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    hub.stop().await;
-}
-
-#[tokio::test]
-async fn bad_and_expired_tokens_are_refused_at_the_handshake() {
-    let hub = TestHub::start().await;
-    let other = belfry_server::auth::TokenSigner::new("some-other-secret-entirely");
-    let expired = signer().sign(&json!({"sub": "vic", "exp": 1_000_000}));
-    let none_alg = {
-        use base64::Engine as _;
-        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!(
-            "{}.{}.",
-            b.encode(br#"{"alg":"none"}"#),
-            b.encode(br#"{"sub":"vic","exp":99999999999}"#)
-        )
-    };
-    let cases = [
-        (json!(null), "unauthorized"),
-        (json!({"cursor": 1}), "unauthorized"),
-        (json!({"token": "garbage"}), "token_malformed"),
-        (
-            json!({"token": other.mint("vic", None, 60)}),
-            "token_bad_signature",
-        ),
-        (json!({"token": expired}), "token_expired"),
-        (json!({"token": none_alg}), "token_bad_signature"),
-        (json!({"token": KEY}), "token_malformed"),
-        (
-            json!({"token": token("vic"), "cursor": "abc"}),
-            "unauthorized",
-        ),
-    ];
-    for (auth, want) in cases {
-        let mut s = Subscriber::connect_auth(&hub.url, auth.clone()).await;
-        let err = s.connect_error().await;
-        assert!(err.contains(want), "{auth}: {err}");
-        s.close().await;
-    }
-    // The refused sockets joined nothing: a publish to all reaches only a real client.
-    let mut ok = synced_subscriber(&hub.url, &token("vic"), Some(0)).await;
-    let id = hub.publish_to("all", "after refusals").await;
-    assert_eq!(ok.live(1).await[0].id, id);
-    let metrics = hub.metrics().await;
-    assert!(
-        metrics.contains("belfry_auth_failures_total 8"),
-        "{metrics}"
-    );
     hub.stop().await;
 }
 

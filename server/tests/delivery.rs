@@ -97,14 +97,7 @@ async fn first_connection_without_cursor_gets_unread_only() {
     let hub = TestHub::start().await;
     let read = hub.publish_to("user:fay", "already read").await;
     let unread = hub.publish_to("user:fay", "unread").await;
-    let (status, _) = hub
-        .call(
-            reqwest::Method::POST,
-            "/notifications/read",
-            &token("fay"),
-            Some(json!({"ids": [read]})),
-        )
-        .await;
+    let (status, _) = hub.mark_read(&token("fay"), json!({"ids": [read]})).await;
     assert_eq!(status, 200);
     let mut fay = Subscriber::connect(&hub.url, &token("fay"), None).await;
     let (caught, head, _) = fay.catch_up().await;

@@ -1,6 +1,6 @@
 //! Fixture for the client core's tests: the real hub (belfry-testkit: the built binary,
 //! killable and restartable) and a started `Device` that records what it reported.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 use belfry_client::{ClientEvent, ConnectionConfig, ConnectionState, Device, Overrides};
 use std::collections::BTreeSet;
@@ -18,6 +18,22 @@ pub fn fast_config() -> ConnectionConfig {
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
         auth_retry: Duration::from_secs(60),
+    }
+}
+
+/// Drains every device until `done` holds (checked every 50 ms), for at most [`WAIT`].
+pub async fn settle(devices: &mut [TestDevice], what: &str, done: impl Fn(&[TestDevice]) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        devices.iter_mut().for_each(TestDevice::drain);
+        if done(devices) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -54,10 +70,41 @@ impl TestDevice {
             .await
             .expect("an event in time")
             .expect("events open");
-        if let ClientEvent::Stored { notifications, .. } = &ev {
+        self.record(&ev);
+        ev
+    }
+
+    fn record(&mut self, ev: &ClientEvent) {
+        if let ClientEvent::Stored { notifications, .. } = ev {
             self.stored.extend(notifications.iter().map(|n| n.id));
         }
-        ev
+    }
+
+    /// Takes every event already reported, without waiting (a device whose events are
+    /// never taken stalls once its channel is full).
+    pub fn drain(&mut self) {
+        while let Ok(ev) = self.events.try_recv() {
+            self.record(&ev);
+        }
+    }
+
+    /// Every id the device's store holds, paging back through its history.
+    pub async fn held(&self) -> BTreeSet<u64> {
+        let mut held = BTreeSet::new();
+        let mut before = None;
+        loop {
+            let query = belfry_client::HistoryQuery {
+                limit: Some(1000),
+                before,
+                ..Default::default()
+            };
+            let page = self.device.history(&query).await.unwrap();
+            let Some(last) = page.last() else {
+                return held;
+            };
+            before = Some(last.id);
+            held.extend(page.iter().map(|n| n.id));
+        }
     }
 
     /// Waits until the given state.

@@ -241,7 +241,8 @@ impl Desktop {
         }
     }
 
-    pub async fn dbus_has(&self, name: &str) -> bool {
+    /// The names on the session bus, as gdbus prints them.
+    async fn bus_names(&self) -> String {
         self.gdbus(&[
             "call",
             "--session",
@@ -253,7 +254,10 @@ impl Desktop {
             "org.freedesktop.DBus.ListNames",
         ])
         .await
-        .contains(name)
+    }
+
+    pub async fn dbus_has(&self, name: &str) -> bool {
+        self.bus_names().await.contains(name)
     }
 
     /// The tray item the app exports on the session bus: its bus name and object path.
@@ -263,18 +267,7 @@ impl Desktop {
         if let Some(found) = self.tray.lock().unwrap().clone() {
             return Some(found);
         }
-        let names = self
-            .gdbus(&[
-                "call",
-                "--session",
-                "--dest",
-                "org.freedesktop.DBus",
-                "--object-path",
-                "/org/freedesktop/DBus",
-                "--method",
-                "org.freedesktop.DBus.ListNames",
-            ])
-            .await;
+        let names = self.bus_names().await;
         for name in names.split('\'').filter(|n| n.starts_with(":1.")) {
             let tree = self
                 .gdbus(&[

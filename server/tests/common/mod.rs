@@ -154,6 +154,31 @@ impl TestHub {
             .id
     }
 
+    /// `POST /notifications/read` with a user token; returns status and JSON body.
+    pub async fn mark_read(&self, token: &str, body: Value) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            "/notifications/read",
+            token,
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /notifications/{id}/receipts` with the publish key; panics unless 200.
+    pub async fn receipts(&self, id: u64) -> Value {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/notifications/{id}/receipts"),
+                KEY,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// A raw request with a key or token; returns status and JSON body.
     pub async fn call(
         &self,
@@ -189,6 +214,7 @@ pub enum Event {
     Subscribed(Value),
     Unsubscribed(Value),
     Open,
+    Closed,
     Error(String),
     Other(String, Value),
 }
@@ -225,8 +251,16 @@ impl Subscriber {
         let (tx, rx) = mpsc::unbounded_channel();
         let on_any = tx.clone();
         let on_error = tx.clone();
+        let on_close = tx.clone();
         let on_open = tx;
         let client = client_builder(url, "/", auth)
+            .on("close", move |_p, _c: Client| {
+                let tx = on_close.clone();
+                async move {
+                    let _ = tx.send(Event::Closed);
+                }
+                .boxed()
+            })
             .on("open", move |_p, _c: Client| {
                 let tx = on_open.clone();
                 async move {
@@ -365,6 +399,11 @@ pub async fn synced_subscriber(url: &str, token: &str, cursor: Option<u64>) -> S
     let mut s = Subscriber::connect(url, token, cursor).await;
     s.catch_up().await;
     s
+}
+
+/// The stable code of an error reply (`""` when it is no error).
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
 }
 
 /// Asserts the ids are strictly ascending.

@@ -1,0 +1,439 @@
+//! Security checks: what one user's token can see of another's (nothing), and every way
+//! a credential can be wrong (forged, expired, `alg: none`, wrong secret, the wrong kind),
+//! at both doors (the Socket.IO handshake and the HTTP API). Oversize and deeply nested
+//! input is refused without harm to the hub or its store.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use base64::Engine as _;
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Every event a subscriber receives until the notification `sentinel` arrives live
+/// (emits to one socket keep their order, so whatever was sent before it is in).
+async fn events_until(s: &mut Subscriber, sentinel: u64) -> Vec<Event> {
+    let mut seen = Vec::new();
+    loop {
+        let e = s.next().await;
+        let last = matches!(&e, Event::Live(n) if n.id == sentinel);
+        seen.push(e);
+        if last {
+            return seen;
+        }
+    }
+}
+
+fn live_ids(events: &[Event]) -> BTreeSet<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Live(n) => Some(n.id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn alice_never_sees_what_belongs_to_bob() {
+    let hub = TestHub::start().await;
+    let alice_token = token_with_topics("alice", &["team.*"]);
+    let bob_token = token("bob");
+    let mut alice = synced_subscriber(&hub.url, &alice_token, Some(0)).await;
+    let mut bob = synced_subscriber(&hub.url, &bob_token, Some(0)).await;
+    let mut bob_phone = synced_subscriber(&hub.url, &bob_token, Some(0)).await;
+
+    // Bob's private topic: alice's token does not allow it, through either door.
+    assert_eq!(
+        bob.request("subscribe", json!({"topic": "payroll"})).await,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        code(
+            &alice
+                .request("subscribe", json!({"topic": "payroll"}))
+                .await
+        ),
+        "topic_not_allowed"
+    );
+    let (status, body) = hub
+        .call(Method::PUT, "/subscriptions/payroll", &alice_token, None)
+        .await;
+    assert_eq!((status, code(&body)), (403, "topic_not_allowed"), "{body}");
+    assert_eq!(
+        alice
+            .request("subscribe", json!({"topic": "team.web"}))
+            .await,
+        json!({"ok": true})
+    );
+
+    let mut bobs = Vec::new();
+    for i in 0..3 {
+        bobs.push(hub.publish_to("user:bob", &format!("for bob {i}")).await);
+    }
+    for i in 0..2 {
+        bobs.push(
+            hub.publish_to("topic:payroll", &format!("payroll {i}"))
+                .await,
+        );
+    }
+    let everyone = hub.publish_to("all", "for everyone").await;
+    let alices = [
+        hub.publish_to("user:alice", "for alice").await,
+        hub.publish_to("topic:team.web", "team").await,
+    ];
+    let sentinel = hub.publish_to("user:alice", "sentinel").await;
+    let bob_sentinel = hub.publish_to("user:bob", "bob sentinel").await;
+
+    let seen = events_until(&mut alice, sentinel).await;
+    let want: BTreeSet<u64> = [everyone, alices[0], alices[1], sentinel].into();
+    assert_eq!(live_ids(&seen), want, "alice live: {seen:?}");
+    let bob_seen = events_until(&mut bob, bob_sentinel).await;
+    let mut bob_want: BTreeSet<u64> = bobs.iter().copied().collect();
+    bob_want.extend([everyone, bob_sentinel]);
+    assert_eq!(live_ids(&bob_seen), bob_want);
+
+    // Bob reads on one device: his phone hears of it, alice hears nothing.
+    let (status, _) = hub.mark_read(&bob_token, json!({"ids": &bobs[..2]})).await;
+    assert_eq!(status, 200);
+    let read = loop {
+        if let Event::Read(r) = bob_phone.next().await {
+            break r;
+        }
+    };
+    assert_eq!(read, json!({"ids": &bobs[..2]}));
+
+    // Alice acknowledges everything up to the newest id, and once that is written (it
+    // shows on the notification to everyone, which she has not read), marks everything
+    // up to it read: only her own notifications change.
+    let newest = bob_sentinel;
+    let receipt_users = |id: u64| {
+        let hub = &hub;
+        async move {
+            hub.receipts(id).await["receipts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["delivered_at"].is_string())
+                .map(|r| r["user"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        alice.request("ack", json!({"up_to": newest})).await,
+        json!({"ok": true})
+    );
+    belfry_testkit::eventually("alice's ack written", || async {
+        receipt_users(everyone)
+            .await
+            .iter()
+            .any(|u| u == "alice")
+            .then_some(())
+    })
+    .await;
+    let (status, body) = hub.mark_read(&alice_token, json!({"up_to": newest})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["marked"], 4, "{body}");
+    // Alice tries to mark bob's ids read by id: nothing of bob's changes.
+    assert_eq!(
+        alice.request("read", json!({"ids": &bobs})).await,
+        json!({"ok": true})
+    );
+    let second = hub.publish_to("user:alice", "second sentinel").await;
+    let seen = events_until(&mut alice, second).await;
+    let own_read = json!({"up_to": newest});
+    assert!(
+        seen.iter().all(|e| match e {
+            Event::Live(n) => n.id == second,
+            Event::Read(r) => *r == own_read,
+            _ => false,
+        }),
+        "alice got more than her own: {seen:?}"
+    );
+
+    let (_, bob_list) = hub
+        .call(Method::GET, "/notifications?limit=100", &bob_token, None)
+        .await;
+    for n in bob_list["notifications"].as_array().unwrap() {
+        let id = n["id"].as_u64().unwrap();
+        let read_by_bob = bobs[..2].contains(&id);
+        assert_eq!(n["read"], read_by_bob, "bob's {id} after alice's reads");
+    }
+
+    // Alice's history and her catch-up hold only what is hers.
+    let (_, list) = hub
+        .call(Method::GET, "/notifications?limit=100", &alice_token, None)
+        .await;
+    let listed: BTreeSet<u64> = list["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    let mut alice_all = want.clone();
+    alice_all.insert(second);
+    assert_eq!(listed, alice_all);
+    let mut again = Subscriber::connect(&hub.url, &alice_token, Some(0)).await;
+    let (caught, _, _) = again.catch_up().await;
+    let caught: BTreeSet<u64> = caught.iter().map(|n| n.id).collect();
+    assert_eq!(caught, alice_all);
+
+    // Receipts of bob's notification name bob alone; alice's acks left no trace on it.
+    assert_eq!(
+        bob.request("ack", json!({"up_to": bob_sentinel})).await,
+        json!({"ok": true})
+    );
+    // Acks are written in the background: wait for bob's, then look at who is named.
+    belfry_testkit::eventually("bob's ack written", || async {
+        (!receipt_users(bobs[3]).await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(receipt_users(bobs[3]).await, ["bob"]);
+    // Receipts and presence are for publishers: a user token gets neither.
+    for path in [
+        format!("/notifications/{}/receipts", bobs[0]),
+        "/presence/bob".to_owned(),
+    ] {
+        let (status, body) = hub.call(Method::GET, &path, &alice_token, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    for s in [alice, bob, bob_phone, again] {
+        s.close().await;
+    }
+    hub.stop().await;
+}
+
+/// Alice's real token with its payload replaced: the signature no longer matches.
+fn tampered(token: &str, edit: impl FnOnce(&mut Value)) -> String {
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+    edit(&mut claims);
+    let payload = B64.encode(serde_json::to_vec(&claims).unwrap());
+    parts[1] = &payload;
+    parts.join(".")
+}
+
+#[tokio::test]
+async fn forged_tokens_are_refused_at_both_doors() {
+    let hub = TestHub::start().await;
+    let alice = token_with_topics("alice", &["team.*"]);
+    let hs512 = {
+        let [_, payload, sig] = alice.split('.').collect::<Vec<_>>()[..] else {
+            unreachable!()
+        };
+        format!(
+            "{}.{payload}.{sig}",
+            B64.encode(br#"{"alg":"HS512","typ":"JWT"}"#)
+        )
+    };
+    let forged = [
+        (
+            tampered(&alice, |c| c["sub"] = json!("bob")),
+            "token_bad_signature",
+        ),
+        (
+            tampered(&alice, |c| c["topics"] = json!(["*"])),
+            "token_bad_signature",
+        ),
+        (
+            tampered(&alice, |c| c["exp"] = json!(99_999_999_999_i64)),
+            "token_bad_signature",
+        ),
+        (hs512, "token_bad_signature"),
+        (format!("{alice}x"), "token_bad_signature"),
+        ("a.b".to_owned(), "token_malformed"),
+        ("x".repeat(10_000), "token_malformed"),
+    ];
+    for (token, want) in &forged {
+        let mut s = Subscriber::connect(&hub.url, token, Some(0)).await;
+        let err = s.connect_error().await;
+        assert!(err.contains(want), "{token:.40}: {err}");
+        s.close().await;
+        let (status, body) = hub.call(Method::GET, "/notifications", token, None).await;
+        assert_eq!(status, 401, "{token:.40}: {body}");
+        // Not a publish key either.
+        let (status, body) = hub
+            .call(
+                Method::POST,
+                "/notifications",
+                token,
+                Some(json!({"to": ["all"], "title": "forged"})),
+            )
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (401, "invalid_publish_key"),
+            "{body}"
+        );
+    }
+    // The real token still works and the forgeries left nothing behind.
+    let (status, body) = hub.call(Method::GET, "/notifications", &alice, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["notifications"], json!([]));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_socket_is_closed_when_its_token_expires() {
+    let hub = TestHub::start().await;
+    // Valid for about five more seconds (the hub allows 30 s of clock skew past `exp`).
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let short = signer().sign(&json!({"sub": "eve", "exp": now - 25}));
+    let mut s = synced_subscriber(&hub.url, &short, Some(0)).await;
+    let lasting = token("eve");
+    let mut other = synced_subscriber(&hub.url, &lasting, Some(0)).await;
+    let closed = loop {
+        match s.next_within(Duration::from_secs(10)).await {
+            Some(Event::Closed) => break true,
+            Some(_) => {}
+            None => break false,
+        }
+    };
+    assert!(closed, "the socket outlived its token");
+    // Reconnecting with it is refused; the device with a valid token is unaffected.
+    let mut again = Subscriber::connect(&hub.url, &short, Some(0)).await;
+    assert!(again.connect_error().await.contains("token_expired"));
+    let id = hub.publish_to("user:eve", "still here").await;
+    assert_eq!(other.live(1).await[0].id, id);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_and_deeply_nested_input_is_refused_and_the_hub_carries_on() {
+    let hub = TestHub::start().await;
+    let t = token("ivy");
+    let mut s = synced_subscriber(&hub.url, &t, Some(0)).await;
+    let mut bystander = synced_subscriber(&hub.url, &token("jon"), Some(0)).await;
+    let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+
+    // HTTP: nesting, size, and nesting inside a valid envelope.
+    let raw = |body: String| {
+        hub.http
+            .post(hub.api("/notifications"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = raw(deep.clone()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = raw(format!(
+        r#"{{"to":["all"],"title":"x","data":{{"a":"{}"}}}}"#,
+        "y".repeat(200_000)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = raw(format!(
+        r#"{{"to":["all"],"title":"x","data":{}{}}}"#,
+        "{\"a\":".repeat(200),
+        "}".repeat(200)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Socket events: a deep argument gets an error reply and the socket lives on.
+    let reply = s
+        .request(
+            "ack",
+            serde_json::from_str::<Value>("[[[[[[[[1]]]]]]]]").unwrap(),
+        )
+        .await;
+    assert_eq!(code(&reply), "invalid_field");
+    let deep_arg = format!("{{\"ids\":{}1{}}}", "[".repeat(120), "]".repeat(120));
+    let reply = s
+        .request("read", serde_json::from_str::<Value>(&deep_arg).unwrap())
+        .await;
+    assert_eq!(code(&reply), "invalid_field", "{reply}");
+    let id = hub.publish_to("user:ivy", "after deep events").await;
+    assert_eq!(s.live(1).await[0].id, id);
+
+    // A message over the WebSocket size limit closes that socket only.
+    let huge = json!({"ids": vec![1_u64; 400_000]});
+    let _ = s.client.emit("read", huge).await;
+    // (rust_socketio reports the transport's end as an error.)
+    let ended = loop {
+        match s.next_within(Duration::from_secs(10)).await {
+            Some(Event::Closed | Event::Error(_)) => break true,
+            Some(_) => {}
+            None => break false,
+        }
+    };
+    assert!(ended, "an oversize message did not end the socket");
+    belfry_testkit::eventually("only the bystander connected", || async {
+        let metrics = hub.metrics().await;
+        metrics
+            .lines()
+            .any(|l| l == "belfry_connections 1")
+            .then_some(())
+    })
+    .await;
+
+    // Nobody else noticed, and the store is whole.
+    let id = hub.publish_to("all", "after it all").await;
+    assert_eq!(bystander.live(1).await[0].id, id);
+    let health = hub
+        .http
+        .get(format!("{}/healthz", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let (_, list) = hub.call(Method::GET, "/notifications", &t, None).await;
+    assert_eq!(list["notifications"].as_array().unwrap().len(), 2);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn bad_and_expired_tokens_are_refused_at_the_handshake() {
+    let hub = TestHub::start().await;
+    let other = belfry_server::auth::TokenSigner::new("some-other-secret-entirely");
+    let expired = signer().sign(&json!({"sub": "vic", "exp": 1_000_000}));
+    let none_alg = {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b.encode(br#"{"alg":"none"}"#),
+            b.encode(br#"{"sub":"vic","exp":99999999999}"#)
+        )
+    };
+    let cases = [
+        (json!(null), "unauthorized"),
+        (json!({"cursor": 1}), "unauthorized"),
+        (json!({"token": "garbage"}), "token_malformed"),
+        (
+            json!({"token": other.mint("vic", None, 60)}),
+            "token_bad_signature",
+        ),
+        (json!({"token": expired}), "token_expired"),
+        (json!({"token": none_alg}), "token_bad_signature"),
+        (json!({"token": KEY}), "token_malformed"),
+        (
+            json!({"token": token("vic"), "cursor": "abc"}),
+            "unauthorized",
+        ),
+    ];
+    for (auth, want) in cases {
+        let mut s = Subscriber::connect_auth(&hub.url, auth.clone()).await;
+        let err = s.connect_error().await;
+        assert!(err.contains(want), "{auth}: {err}");
+        s.close().await;
+    }
+    // The refused sockets joined nothing: a publish to all reaches only a real client.
+    let mut ok = synced_subscriber(&hub.url, &token("vic"), Some(0)).await;
+    let id = hub.publish_to("all", "after refusals").await;
+    assert_eq!(ok.live(1).await[0].id, id);
+    let metrics = hub.metrics().await;
+    assert!(
+        metrics.contains("belfry_auth_failures_total 8"),
+        "{metrics}"
+    );
+    hub.stop().await;
+}
