@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:8080
 PATH := $(HOME)/.cargo/bin:$(PATH)
 export PATH
 
-.PHONY: run hub test setup setup-test build test-rust test-interop fmt lint clean-data
+.PHONY: run hub test setup setup-test build test-rust test-interop test-fuzz bench-quick fuzz soak fmt lint clean-data
 
 ## run: the hub on its embedded SQLite (./belfry-data) and the tray app connected to it
 run: setup
@@ -19,8 +19,10 @@ hub: setup
 	$(CARGO) build --release -p belfry-server
 	$(CARGO_TARGET_DIR)/release/belfry-server serve --data-dir $(DATA_DIR) --listen $(LISTEN)
 
-## test: every test (Rust unit and integration tests, the JavaScript client interop test)
-test: setup-test test-rust test-interop
+## test: every test (Rust unit and integration tests, including the crash, network-fault,
+## slow-consumer and security suites; the JavaScript client interop test; each fuzz target
+## for FUZZ_SECONDS; the load scenarios in their quick mode, so they keep working)
+test: setup-test test-rust test-interop test-fuzz bench-quick
 
 setup:
 	@bash scripts/setup.sh
@@ -37,6 +39,26 @@ test-rust:
 test-interop:
 	$(CARGO) build -p belfry-server
 	cd tests/interop && BELFRY_SERVER_BIN=$(CARGO_TARGET_DIR)/debug/belfry-server npm test
+
+test-fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash scripts/fuzz.sh
+
+## bench-quick: the load scenarios in quick mode against the debug hub (figures are not
+## benchmarks there: they only show the scenarios run end to end)
+bench-quick:
+	$(CARGO) build -p belfry-server -p belfry-bench
+	$(CARGO_TARGET_DIR)/debug/belfry-bench idle --quick
+	$(CARGO_TARGET_DIR)/debug/belfry-bench soak --quick
+
+## fuzz: each fuzz target for five minutes
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} bash scripts/fuzz.sh
+
+## soak: 10,000 connections and steady publishing for 10 minutes against the release hub;
+## fails if its memory grows more than 5 % after the warm-up or anything is lost
+soak: setup
+	$(CARGO) build --release -p belfry-server -p belfry-bench
+	$(CARGO_TARGET_DIR)/release/belfry-bench soak $(SOAK_ARGS)
 
 fmt:
 	$(CARGO) fmt --all
