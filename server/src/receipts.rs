@@ -4,10 +4,12 @@
 //! everyone brings an ack from every connected socket at once. Acks only feed receipts
 //! (`delivered_at`), so they need not be written one by one or before the reply: each
 //! ack raises the user's pending point here, and a task writes the pending points every
-//! [`FLUSH_INTERVAL`] through the store's writer (one operation per user and token scope,
-//! however many acks came), and once more when the hub stops.
+//! [`FLUSH_INTERVAL`] through the store's writer (one point per user and token scope,
+//! however many acks came; a thousand points per writer operation), and once more when
+//! the hub stops.
 
 use crate::state::SharedState;
+use crate::store::AckPoint;
 use belfry_protocol::TopicPatterns;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,31 +46,43 @@ impl PendingAcks {
     }
 }
 
+/// The most acks written in one writer operation: a publish waiting behind one waits for
+/// at most this many.
+const CHUNK: usize = 1_000;
+
 /// Writes every pending ack; points that fail to write are kept for the next flush.
 /// Returns how many points were written.
 pub async fn flush(state: &SharedState) -> usize {
-    let pending = state.acks.take();
+    let mut points: Vec<AckPoint> = state
+        .acks
+        .take()
+        .into_iter()
+        .flat_map(|(user, steps)| {
+            steps.into_iter().map(move |(up_to, allowed)| AckPoint {
+                user: user.clone(),
+                allowed,
+                up_to,
+            })
+        })
+        .collect();
+    // A user's points in ascending order, also across chunks: each then advances the
+    // user's watermark by what its own patterns may see.
+    points.sort_by(|a, b| a.user.cmp(&b.user).then(a.up_to.cmp(&b.up_to)));
     let writer = state.store.writer();
-    // Users in parallel (the writer batches them); one user's points in order, lowest
-    // first, so each advances the user's watermark by what its patterns may see.
-    let writes = pending.into_iter().map(|(user, mut steps)| async move {
-        steps.sort_by_key(|(up_to, _)| *up_to);
-        let mut written = 0;
-        for (up_to, allowed) in steps {
-            match writer.ack(&user, &allowed, up_to).await {
-                Ok(_) => written += 1,
-                Err(e) => {
-                    tracing::warn!(error = %e, user, "writing a delivery receipt; retrying later");
-                    state.acks.note(&user, &allowed, up_to);
+    let mut written = 0;
+    // One chunk at a time: the writer interleaves publishes between them.
+    for chunk in points.chunks(CHUNK) {
+        match writer.ack(chunk.to_vec()).await {
+            Ok(_) => written += chunk.len(),
+            Err(e) => {
+                tracing::warn!(error = %e, points = chunk.len(), "writing delivery receipts; retrying later");
+                for p in chunk {
+                    state.acks.note(&p.user, &p.allowed, p.up_to);
                 }
             }
         }
-        written
-    });
-    futures_util::future::join_all(writes)
-        .await
-        .into_iter()
-        .sum()
+    }
+    written
 }
 
 /// The background task: flushes every [`FLUSH_INTERVAL`] until `stop` is notified, then

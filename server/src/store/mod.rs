@@ -7,7 +7,9 @@
 mod rows;
 mod writer;
 
-pub use writer::{Committed, PruneReport, Published, ReadSelection, Writer, WriterHandle};
+pub use writer::{
+    AckPoint, Committed, PruneReport, Published, ReadSelection, Writer, WriterHandle,
+};
 
 /// Sizes the writer works with.
 pub mod writer_limits {
@@ -124,6 +126,9 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
+            // Sorting and UNION scratch space in memory: no temporary files, so a hub
+            // short of file descriptors (thousands of sockets) can still write.
+            .pragma("temp_store", "memory")
             .log_statements(tracing::log::LevelFilter::Trace);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

@@ -64,6 +64,18 @@ pub struct PruneReport {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// One user's delivery acknowledgement: everything up to `up_to` that a device whose
+/// token allows `allowed` may see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckPoint {
+    /// The user.
+    pub user: String,
+    /// The acking device's topic patterns.
+    pub allowed: TopicPatterns,
+    /// The highest id acknowledged.
+    pub up_to: u64,
+}
+
 enum Op {
     Publish {
         req: Box<ValidPublish>,
@@ -71,10 +83,8 @@ enum Op {
         received: Instant,
         reply: Reply<Published>,
     },
-    Ack {
-        user: String,
-        allowed: TopicPatterns,
-        up_to: u64,
+    Acks {
+        points: Vec<AckPoint>,
         reply: Reply<u64>,
     },
     Read {
@@ -166,7 +176,7 @@ impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Op::Publish { .. } => "Publish",
-            Op::Ack { .. } => "Ack",
+            Op::Acks { .. } => "Acks",
             Op::Read { .. } => "Read",
             Op::Subscribe { .. } => "Subscribe",
             Op::Unsubscribe { .. } => "Unsubscribe",
@@ -205,19 +215,8 @@ impl WriterHandle {
 
     /// Records that the viewer's device stored everything visible up to `up_to` (capped
     /// at the head). Returns the user's delivery watermark afterwards.
-    pub async fn ack(
-        &self,
-        user: &str,
-        allowed: &TopicPatterns,
-        up_to: u64,
-    ) -> Result<u64, StoreError> {
-        self.submit(|reply| Op::Ack {
-            user: user.to_owned(),
-            allowed: allowed.clone(),
-            up_to,
-            reply,
-        })
-        .await
+    pub async fn ack(&self, points: Vec<AckPoint>) -> Result<u64, StoreError> {
+        self.submit(|reply| Op::Acks { points, reply }).await
     }
 
     /// Marks notifications read; returns how many changed.
@@ -401,7 +400,7 @@ impl Writer {
         }
         match op {
             Op::Publish { reply, .. } => Outcome::Publish(reply, unapplied()),
-            Op::Ack { reply, .. } | Op::Read { reply, .. } => Outcome::Count(reply, unapplied()),
+            Op::Acks { reply, .. } | Op::Read { reply, .. } => Outcome::Count(reply, unapplied()),
             Op::Subscribe { reply, .. } | Op::Unsubscribe { reply, .. } | Op::Ping { reply } => {
                 Outcome::Flag(reply, unapplied())
             }
@@ -431,16 +430,8 @@ impl Writer {
                 }
                 Err(e) => (Outcome::Publish(reply, Err(e.into())), None),
             },
-            Op::Ack {
-                user,
-                allowed,
-                up_to,
-                reply,
-            } => (
-                Outcome::Count(
-                    reply,
-                    self.ack(&user, &allowed, up_to).await.map_err(Into::into),
-                ),
+            Op::Acks { points, reply } => (
+                Outcome::Count(reply, self.ack(points).await.map_err(Into::into)),
                 None,
             ),
             Op::Read {
@@ -593,58 +584,104 @@ impl Writer {
         .await
     }
 
-    async fn ack(
-        &mut self,
-        user: &str,
-        allowed: &TopicPatterns,
-        up_to: u64,
-    ) -> Result<u64, sqlx::Error> {
-        // Never move the watermark past what exists, or later notifications would be
+    /// Records delivery receipts for many acks at once, in five statements however many
+    /// there are (one statement per ack kept the writer busy for seconds after every
+    /// publish to everyone, and publishes queued behind it). A user's points apply in
+    /// ascending order, each from where the one before left the watermark, so each marks
+    /// what its device's patterns may see. Returns how many points moved a watermark.
+    async fn ack(&mut self, mut points: Vec<AckPoint>) -> Result<u64, sqlx::Error> {
+        // Never move a watermark past what exists, or later notifications would be
         // skipped by the next ack.
-        let up_to = id_param(up_to).min(self.head().await?);
-        let from: i64 = sqlx::query_scalar(
-            "SELECT coalesce((SELECT acked_up_to FROM users WHERE user_id = ?), 0)",
+        let head = self.head().await?;
+        points.sort_by(|a, b| a.user.cmp(&b.user).then(a.up_to.cmp(&b.up_to)));
+        let users: Vec<&str> = points.iter().map(|p| p.user.as_str()).collect();
+        let users_json = serde_json::to_string(&users).unwrap_or_else(|_| "[]".into());
+        // The watermarks and topics of every user in the batch, read on the writer's own
+        // connection: acks come by the thousand after a fan-out and must not queue for
+        // the read pool.
+        let marks: std::collections::HashMap<String, i64> = sqlx::query_as(
+            "SELECT user_id, acked_up_to FROM users \
+             WHERE user_id IN (SELECT value FROM json_each(?))",
         )
-        .bind(user)
-        .fetch_one(&mut self.conn)
+        .bind(&users_json)
+        .fetch_all(&mut self.conn)
+        .await?
+        .into_iter()
+        .collect();
+        let mut topics: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT user_id, topic FROM subscriptions \
+             WHERE user_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&users_json)
+        .fetch_all(&mut self.conn)
         .await?;
-        if up_to <= from {
-            return Ok(u64::try_from(from).unwrap_or(0));
+        for (user, topic) in rows {
+            topics.entry(user).or_default().push(topic);
         }
-        // The user's visible topics, read here on the writer's own connection: acks come
-        // by the thousand after a fan-out and must not queue for the read pool.
-        let topics: Vec<String> =
-            sqlx::query_scalar("SELECT topic FROM subscriptions WHERE user_id = ?")
-                .bind(user)
-                .fetch_all(&mut self.conn)
-                .await?;
-        let viewer = Viewer {
-            user: user.to_owned(),
-            topics: topics.into_iter().filter(|t| allowed.allows(t)).collect(),
-        };
-        let sql = format!(
-            "INSERT INTO user_state (user_id, notification_id, delivered_at) \
-             SELECT ?1, id, ?5 FROM ({VISIBLE_IDS}) WHERE true \
-             ON CONFLICT (user_id, notification_id) DO UPDATE \
-             SET delivered_at = excluded.delivered_at WHERE delivered_at IS NULL"
-        );
-        sqlx::query(&sql)
-            .bind(&viewer.user)
-            .bind(viewer.topics_json())
-            .bind(from)
-            .bind(up_to)
-            .bind(now_ms())
-            .execute(&mut self.conn)
-            .await?;
+        // Each point's range (from, to] and the topics its device sees.
+        let mut ranges = Vec::with_capacity(points.len());
+        let mut last: Option<(&str, i64)> = None;
+        for p in &points {
+            let from = match last {
+                Some((user, mark)) if user == p.user => mark,
+                _ => marks.get(&p.user).copied().unwrap_or(0),
+            };
+            let to = id_param(p.up_to).min(head);
+            if to <= from {
+                last = Some((&p.user, from));
+                continue;
+            }
+            let visible: Vec<&String> = topics
+                .get(&p.user)
+                .into_iter()
+                .flatten()
+                .filter(|t| p.allowed.allows(t))
+                .collect();
+            ranges.push(serde_json::json!({"u": p.user, "f": from, "t": to, "p": visible}));
+            last = Some((&p.user, to));
+        }
+        if ranges.is_empty() {
+            return Ok(0);
+        }
+        let ranges_json = serde_json::to_string(&ranges).unwrap_or_else(|_| "[]".into());
+        // One indexed range per point and target kind (the primary key is kind, name,
+        // id). CROSS JOIN keeps the points as the outer loop: left to itself, SQLite
+        // scanned every stored target once per point.
         sqlx::query(
-            "INSERT INTO users (user_id, acked_up_to) VALUES (?, ?) \
-             ON CONFLICT (user_id) DO UPDATE SET acked_up_to = max(acked_up_to, excluded.acked_up_to)",
+            "WITH a AS (SELECT value ->> '$.u' AS u, value ->> '$.f' AS f, \
+                               value ->> '$.t' AS t, value -> '$.p' AS p FROM json_each(?1)) \
+             INSERT INTO user_state (user_id, notification_id, delivered_at) \
+             SELECT u, id, ?2 FROM ( \
+               SELECT a.u AS u, n.notification_id AS id FROM a CROSS JOIN notification_targets n \
+                 WHERE n.kind = 0 AND n.name = a.u \
+                   AND n.notification_id > a.f AND n.notification_id <= a.t \
+               UNION SELECT a.u, n.notification_id FROM a CROSS JOIN notification_targets n \
+                 WHERE n.kind = 2 AND n.name = '' \
+                   AND n.notification_id > a.f AND n.notification_id <= a.t \
+               UNION SELECT a.u, n.notification_id FROM a CROSS JOIN json_each(a.p) AS topic \
+                 CROSS JOIN notification_targets n \
+                 WHERE n.kind = 1 AND n.name = topic.value \
+                   AND n.notification_id > a.f AND n.notification_id <= a.t) \
+             WHERE true \
+             ON CONFLICT (user_id, notification_id) DO UPDATE \
+             SET delivered_at = excluded.delivered_at WHERE delivered_at IS NULL",
         )
-        .bind(&viewer.user)
-        .bind(up_to)
+        .bind(&ranges_json)
+        .bind(now_ms())
         .execute(&mut self.conn)
         .await?;
-        Ok(u64::try_from(up_to).unwrap_or(0))
+        sqlx::query(
+            "INSERT INTO users (user_id, acked_up_to) \
+             SELECT value ->> '$.u', max(value ->> '$.t') FROM json_each(?) \
+             WHERE true GROUP BY value ->> '$.u' \
+             ON CONFLICT (user_id) DO UPDATE SET acked_up_to = max(acked_up_to, excluded.acked_up_to)",
+        )
+        .bind(&ranges_json)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(ranges.len() as u64)
     }
 
     async fn read(
@@ -795,4 +832,107 @@ impl Writer {
 /// always serialize).
 fn json_text<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use belfry_protocol::PublishRequest;
+
+    async fn publish(store: &Store, to: &str) -> u64 {
+        let req = PublishRequest {
+            to: Some(vec![to.to_owned()]),
+            title: Some(to.to_owned()),
+            ..PublishRequest::default()
+        };
+        let valid = req.validate().expect("valid publish");
+        store
+            .writer()
+            .publish(valid, 3_600, Instant::now())
+            .await
+            .expect("stored")
+            .id
+    }
+
+    fn point(user: &str, patterns: &[&str], up_to: u64) -> AckPoint {
+        AckPoint {
+            user: user.to_owned(),
+            allowed: TopicPatterns::new(patterns.iter().map(|p| (*p).to_owned()).collect()),
+            up_to,
+        }
+    }
+
+    /// Who has a delivery time for `id`.
+    async fn delivered(store: &Store, id: u64) -> Vec<String> {
+        store
+            .receipts(id)
+            .await
+            .expect("receipts")
+            .expect("exists")
+            .into_iter()
+            .filter(|(_, delivered, _)| delivered.is_some())
+            .map(|(user, _, _)| user)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_acks_marks_what_each_device_may_see_up_to_the_head() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, writer) = Store::open(dir.path(), None).await.expect("store");
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(writer.run(tx));
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let w = store.writer();
+        assert!(w.subscribe("ann", "ops", 100).await.expect("subscribed"));
+        assert!(w.subscribe("ann", "dev", 100).await.expect("subscribed"));
+        let to_ann = publish(&store, "user:ann").await;
+        let to_all = publish(&store, "all").await;
+        let to_ops = publish(&store, "topic:ops").await;
+        let to_dev = publish(&store, "topic:dev").await;
+
+        // Ann's ops-only device acked up to the ops one, her other device everything;
+        // bob acked far past the head. Out of order on purpose: they apply ascending.
+        let moved = w
+            .ack(vec![
+                point("ann", &["*"], to_dev),
+                point("bob", &["*"], 1_000_000),
+                point("ann", &["ops"], to_ops),
+            ])
+            .await
+            .expect("acked");
+        assert_eq!(moved, 3);
+        assert_eq!(delivered(&store, to_ann).await, ["ann"]);
+        assert_eq!(delivered(&store, to_all).await, ["ann", "bob"]);
+        assert_eq!(delivered(&store, to_ops).await, ["ann"]);
+        assert_eq!(delivered(&store, to_dev).await, ["ann"]);
+
+        // The watermark stopped at the head: what comes next is marked by the next ack,
+        // and acks at or below a watermark move nothing.
+        let later = publish(&store, "all").await;
+        assert_eq!(
+            w.ack(vec![point("bob", &["*"], to_all)])
+                .await
+                .expect("acked"),
+            0
+        );
+        assert!(delivered(&store, later).await.is_empty());
+        assert_eq!(
+            w.ack(vec![point("bob", &["*"], later)])
+                .await
+                .expect("acked"),
+            1
+        );
+        assert_eq!(delivered(&store, later).await, ["bob"]);
+
+        // A device that may not see a topic does not mark it.
+        let ops_again = publish(&store, "topic:ops").await;
+        assert_eq!(
+            w.ack(vec![point("ann", &["dev"], ops_again)])
+                .await
+                .expect("acked"),
+            1
+        );
+        assert!(delivered(&store, ops_again).await.is_empty());
+    }
 }
