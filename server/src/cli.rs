@@ -402,12 +402,29 @@ fn init_logging() {
         .try_init();
 }
 
+/// Connections the kernel may hold for the hub before it accepts them. tokio's default
+/// (1,024) drops handshakes when thousands of clients reconnect at once after a restart;
+/// the kernel caps this at net.core.somaxconn.
+const ACCEPT_BACKLOG: u32 = 8_192;
+
+/// A listening socket on `addr` (address reuse on, as tokio's own bind does).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 async fn serve(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let settings = serve_settings(common, args)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let listener =
+        listen(settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let scheme = if settings.config.tls.is_some() {
         "https"

@@ -50,6 +50,9 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// The WebSocket read buffer of each socket.
+const WS_READ_BUFFER: usize = 1024;
+
 impl Hub {
     /// Opens the store, starts the writer, delivery and retention tasks and registers the
     /// Socket.IO namespaces.
@@ -65,6 +68,9 @@ impl Hub {
             // The same bound over WebSocket (max_payload covers polling only).
             .ws_max_message_size(2 * belfry_protocol::limits::MAX_BODY_BYTES)
             .ws_max_frame_size(2 * belfry_protocol::limits::MAX_BODY_BYTES)
+            // Subscribers send small events (acks, reads); a larger message is read in
+            // more than one pass. Every idle socket holds this buffer (default 4 KiB).
+            .ws_read_buffer_size(WS_READ_BUFFER)
             .build_layer();
         let state = Arc::new(AppState::new(store, io, config));
         socket::subscriber::register(&state);
@@ -114,6 +120,9 @@ impl Hub {
 pub fn app(state: SharedState, io_layer: socketioxide::layer::SocketIoLayer) -> axum::Router {
     let mut router = http::routes()
         .layer(io_layer)
+        .layer(tower::util::MapRequestLayer::new(
+            socket::detach_handshake::<axum::body::Body>,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http());
     // Outside the Socket.IO layer, so polling responses carry CORS headers too.
     if let Some(cors) = http::cors(&state.config.cors_origins) {

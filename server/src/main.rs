@@ -3,7 +3,7 @@
 /// jemalloc, with background purging: fan-out bursts fill thousands of socket buffers at
 /// once, and glibc's per-thread arenas kept that high-water mark resident long after the
 /// buffers drained (the 10,000-connection soak in docs/RELIABILITY.md).
-#[cfg(not(target_env = "msvc"))]
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -33,3 +33,57 @@ impl std::fmt::Display for ConnectRefused {
         write!(f, "{}: {}", self.0.code, self.0.message)
     }
 }
+
+/// Where Socket.IO connections come in (socketioxide's default path).
+const SOCKET_IO_PATH: &str = "/socket.io/";
+
+/// Copies the URI and headers of a Socket.IO request out of hyper's read buffer.
+///
+/// socketioxide keeps each connection's handshake request (URI and headers) for the
+/// connection's whole life, and hyper parses those as slices of its 16 KiB read buffer,
+/// so every idle socket kept that whole buffer alive (heaptrack: 16 KB per connection,
+/// the largest single cost of an idle socket). Owned copies hold only the bytes of the
+/// request line and headers. Other requests pass untouched.
+pub fn detach_handshake<B>(req: axum::http::Request<B>) -> axum::http::Request<B> {
+    use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+    if !req.uri().path().starts_with(SOCKET_IO_PATH) {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    parts.headers = headers;
+    axum::http::Request::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detached_handshake_keeps_its_uri_and_headers() {
+        let req = axum::http::Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("x-custom", "one")
+            .header("x-custom", "two")
+            .body(())
+            .expect("request");
+        let before = req.headers().clone();
+        let after = detach_handshake(req);
+        assert_eq!(after.uri(), "/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(after.headers(), &before);
+        assert_eq!(after.headers().get_all("x-custom").iter().count(), 2);
+    }
+}
