@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:8080
 PATH := $(HOME)/.cargo/bin:$(PATH)
 export PATH
 
-.PHONY: run hub test setup setup-test build test-rust test-interop test-fuzz bench-quick fuzz soak fmt lint clean-data
+.PHONY: run hub test setup setup-test build test-rust test-interop test-fuzz bench bench-quick fuzz soak fmt lint clean-data
 
 ## run: the hub on its embedded SQLite (./belfry-data) and the tray app connected to it
 run: setup
@@ -39,16 +39,24 @@ test-rust:
 test-interop:
 	$(CARGO) build -p belfry-server
 	cd tests/interop && BELFRY_SERVER_BIN=$(CARGO_TARGET_DIR)/debug/belfry-server npm test
+	cd bench/peer-node && npm test
 
 test-fuzz:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash scripts/fuzz.sh
 
-## bench-quick: the load scenarios in quick mode against the debug hub (figures are not
-## benchmarks there: they only show the scenarios run end to end)
-bench-quick:
+## bench-quick: every benchmark scenario at CI sizes against the debug hub and the Node
+## peer, and the soak in quick mode (the figures are not benchmarks there: they only show
+## the suite runs end to end); the report goes to a scratch directory
+bench-quick: setup-test
 	$(CARGO) build -p belfry-server -p belfry-bench
-	$(CARGO_TARGET_DIR)/debug/belfry-bench idle --quick
+	$(CARGO_TARGET_DIR)/debug/belfry-bench all --quick --out $(CARGO_TARGET_DIR)/bench-quick
 	$(CARGO_TARGET_DIR)/debug/belfry-bench soak --quick
+
+## bench: the full benchmark suite against the release hub and the Node peer; rewrites
+## docs/BENCHMARKS.md and its charts (docs/bench/)
+bench: setup-test
+	$(CARGO) build --release -p belfry-server -p belfry-bench
+	$(CARGO_TARGET_DIR)/release/belfry-bench all --out docs
 
 ## fuzz: each fuzz target for five minutes
 fuzz:

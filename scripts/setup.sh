@@ -2,7 +2,7 @@
 # Installs what building and testing Belfry needs on Debian or Ubuntu, skipping what is
 # already there: apt packages (as root, or with sudo), a Rust toolchain new enough for the
 # workspace (rustup, if cargo is missing or too old), and with --test the npm packages of
-# the interop tests from their lockfile.
+# the interop tests and the benchmark's Node peer from their lockfiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,7 +64,10 @@ if [ "$want_tests" = 1 ] && ! command -v tauri-driver >/dev/null && [ ! -x "$HOM
 fi
 
 if [ "$want_tests" = 1 ]; then
-  if [ ! -d tests/interop/node_modules ] || [ tests/interop/package-lock.json -nt tests/interop/node_modules ]; then
-    (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
-  fi
+  # The interop tests' socket.io-client, and the benchmark's Node.js reference peer.
+  for dir in tests/interop bench/peer-node; do
+    if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+  done
 fi

@@ -88,11 +88,32 @@ pub struct Counters {
     pub frames: AtomicU64,
     /// Distinct notifications held.
     pub distinct: AtomicU64,
+    /// Connections open now whose first catch-up has completed (`synced` received).
+    pub up_to_date: AtomicU64,
+    /// Where live notifications with a due instant in their title record their latency.
+    pub latency: Option<std::sync::Arc<crate::latency::Latencies>>,
+}
+
+impl Counters {
+    /// Counters that also record latencies into `latency`.
+    pub fn measuring(latency: std::sync::Arc<crate::latency::Latencies>) -> Self {
+        Self {
+            latency: Some(latency),
+            ..Self::default()
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct Id {
     id: u64,
+}
+
+#[derive(Deserialize)]
+struct Live {
+    id: u64,
+    #[serde(default)]
+    title: String,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +145,8 @@ struct Streams {
     /// The hub's ping interval + timeout (+ slack), from its open packet.
     ping_limit: Duration,
     synced: bool,
+    /// Whether this connection's first catch-up completed (counted once).
+    synced_once: bool,
     last_batch: u64,
     last_live: u64,
     /// The highest id stored from batches of the running catch-up.
@@ -187,6 +210,9 @@ impl Subscriber {
         let ended = self.pump(&mut tx, &mut rx, &mut s, stop).await;
         if s.connected {
             self.counters.connected.fetch_sub(1, Relaxed);
+        }
+        if s.synced_once {
+            self.counters.up_to_date.fetch_sub(1, Relaxed);
         }
         ended
     }
@@ -319,7 +345,13 @@ impl Subscriber {
         use belfry_protocol::events;
         match name {
             events::NOTIFICATION => {
-                let id = serde_json::from_value::<Id>(data).ok()?.id;
+                let live = serde_json::from_value::<Live>(data).ok()?;
+                if let Some(latency) = &self.counters.latency
+                    && let Some(due) = crate::latency::due(&live.title)
+                {
+                    latency.record_since(due);
+                }
+                let id = live.id;
                 if id <= s.last_live {
                     self.tally.out_of_order += 1;
                 }
@@ -353,6 +385,10 @@ impl Subscriber {
             }
             events::SYNCED => {
                 let head = serde_json::from_value::<Head>(data).ok()?.head;
+                if !s.synced_once {
+                    s.synced_once = true;
+                    self.counters.up_to_date.fetch_add(1, Relaxed);
+                }
                 s.synced = true;
                 s.last_batch = 0;
                 s.batch_max = 0;

@@ -1,367 +1,495 @@
-//! `belfry-bench`: load scenarios against a Belfry hub this command starts itself (the
-//! release `belfry-server` next to it), on loopback.
+//! `belfry-bench`: load scenarios against the Belfry hub and the Node.js socket.io peer
+//! (each started here, on loopback, fresh for every scenario) or a hub already running.
 //!
-//! `belfry-bench soak`: many connections and steady publishing for a long while; reports
-//! the hub's memory over time and fails if it grows more than 5 % after the warm-up, if
-//! any notification is lost, or if connections do not all come up.
+//! `belfry-bench all` runs every scenario against both and writes docs/BENCHMARKS.md with
+//! its charts; each scenario also runs alone (`belfry-bench fanout --against belfry,node`).
+//! `--quick` shrinks every size for CI.
 
-use anyhow::{Context, bail};
-use belfry_bench::client::Target;
-use belfry_bench::pool::{Pool, PoolConfig};
-use belfry_bench::procfs;
-use belfry_testkit::{Hub, free_port};
+mod scenarios;
+
+use anyhow::Context;
+use belfry_bench::report::{self, Outcome, Results};
+use belfry_bench::system::{Kind, System};
+use belfry_testkit::{KEY, SECRET};
 use clap::{Parser, Subcommand};
-use rand::Rng;
-use serde_json::json;
-use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
+use scenarios::{Signer, parse_duration};
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "belfry-bench", about = "Load scenarios for the Belfry hub")]
 struct Cli {
     #[command(subcommand)]
-    scenario: Scenario,
+    scenario: Command,
 }
 
 #[derive(Subcommand, Debug)]
-enum Scenario {
+enum Command {
+    /// Every scenario against Belfry and the Node peer; writes the report.
+    All {
+        #[command(flatten)]
+        common: Common,
+        /// Where BENCHMARKS.md goes (its charts and results.json into `bench/` there).
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+    },
+    /// Writes the report again from a run's results.json (after editing bench/NOTES.md).
+    Report {
+        /// The results of a run.
+        #[arg(long, default_value = "docs/bench/results.json")]
+        from: PathBuf,
+        /// Where BENCHMARKS.md goes.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+    },
+    /// Memory with idle connections held, at several counts; bytes per connection.
+    Idle(Common),
+    /// Full Socket.IO connects per second, all clients starting at once.
+    Connect(Common),
+    /// Publishes to everyone: time until the last subscriber has one; a stream's rate.
+    Fanout(Common),
+    /// Publishes to single users at fixed rates: latency percentiles; saturation.
+    Targeted(Common),
+    /// A device that missed many notifications: time until it holds them all.
+    Catchup(Common),
+    /// The system killed and restarted under many clients: time until all are back.
+    Storm(Common),
     /// Connections held and steady publishing for a while; hub memory must stay flat.
-    Soak(SoakArgs),
-    /// Hub memory with idle connections held, at several counts; bytes per connection
-    /// from the slope.
-    Idle(IdleArgs),
+    Soak(scenarios::soak::SoakArgs),
 }
 
-#[derive(clap::Args, Debug)]
-struct IdleArgs {
-    /// Connection counts to measure at, ascending.
-    #[arg(long, value_delimiter = ',', default_value = "10000,50000,100000")]
-    steps: Vec<usize>,
-    /// How long to let the hub settle at each step before reading its memory.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    settle: Duration,
-    /// Quick mode for CI: 500 and 1,000 connections.
+#[derive(clap::Args, Debug, Clone)]
+struct Common {
+    /// Systems to start and measure, in order: belfry, node.
+    #[arg(long, value_delimiter = ',', default_value = "belfry")]
+    against: Vec<String>,
+    /// A hub already running (`http://host:port`) instead of starting one.
+    #[arg(long)]
+    target: Option<String>,
+    /// The running hub's publish key (with --target).
+    #[arg(long, default_value = KEY)]
+    key: String,
+    /// The running hub's token secret (with --target).
+    #[arg(long, default_value = SECRET)]
+    secret: String,
+    /// The running hub's process id, to read its memory and CPU (with --target).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// CI sizes.
     #[arg(long)]
     quick: bool,
-}
-
-#[derive(clap::Args, Debug)]
-struct SoakArgs {
-    /// Subscribers (two devices per user).
-    #[arg(long, default_value_t = 10_000)]
-    connections: usize,
-    /// How long to publish, after every connection is up (e.g. 600s, 10m).
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    duration: Duration,
-    /// The first part of `duration` not counted for memory growth.
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
-    warmup: Duration,
-    /// Publishes per second (to single users; one in fifty to everyone).
-    #[arg(long, default_value_t = 100)]
-    rate: u32,
-    /// Largest memory growth after the warm-up, in percent.
-    #[arg(long, default_value_t = 5.0)]
-    max_growth: f64,
-    /// Quick mode for CI: 1,000 connections, 30 s, 10 s warm-up; reports only.
+    /// Connections (connect, fanout, targeted, storm).
     #[arg(long)]
-    quick: bool,
+    connections: Option<usize>,
+    /// Connection counts to measure memory at (idle), ascending.
+    #[arg(long, value_delimiter = ',')]
+    steps: Option<Vec<usize>>,
+    /// Publish rates per second (targeted).
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<u32>>,
+    /// How long each targeted rate lasts.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Missed notifications (catchup).
+    #[arg(long)]
+    count: Option<usize>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s}"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "ms" => Ok(Duration::from_millis(n)),
-        _ => Err(format!("unknown unit in {s} (use ms, s or m)")),
+/// Every scenario's sizes.
+struct Sizes {
+    idle: scenarios::idle::Idle,
+    connect: usize,
+    fanout: scenarios::fanout::Fanout,
+    targeted: scenarios::targeted::Targeted,
+    catchup: usize,
+    storm: usize,
+    storm_limit: Duration,
+}
+
+impl Sizes {
+    fn from(c: &Common) -> Sizes {
+        let mut s = if c.quick {
+            Sizes {
+                idle: scenarios::idle::Idle {
+                    steps: vec![200, 500],
+                    settle: Duration::from_secs(1),
+                },
+                connect: 500,
+                fanout: scenarios::fanout::Fanout {
+                    subscribers: 300,
+                    singles: 2,
+                    stream: 10,
+                    rate: 10,
+                },
+                targeted: scenarios::targeted::Targeted {
+                    subscribers: 300,
+                    rates: vec![200],
+                    duration: Duration::from_secs(2),
+                    concurrency: 8,
+                },
+                catchup: 500,
+                storm: 300,
+                storm_limit: Duration::from_secs(30),
+            }
+        } else {
+            Sizes {
+                idle: scenarios::idle::Idle {
+                    steps: vec![1_000, 5_000, 10_000, 50_000, 100_000],
+                    settle: Duration::from_secs(5),
+                },
+                connect: 10_000,
+                fanout: scenarios::fanout::Fanout {
+                    subscribers: 10_000,
+                    singles: 5,
+                    stream: 100,
+                    rate: 50,
+                },
+                targeted: scenarios::targeted::Targeted {
+                    subscribers: 10_000,
+                    rates: vec![1_000, 5_000],
+                    duration: Duration::from_secs(20),
+                    concurrency: 64,
+                },
+                catchup: 10_000,
+                storm: 10_000,
+                storm_limit: Duration::from_secs(60),
+            }
+        };
+        if let Some(n) = c.connections {
+            s.connect = n;
+            s.fanout.subscribers = n;
+            s.targeted.subscribers = n;
+            s.storm = n;
+        }
+        if let Some(steps) = &c.steps {
+            s.idle.steps.clone_from(steps);
+        }
+        if let Some(rates) = &c.rates {
+            s.targeted.rates.clone_from(rates);
+        }
+        if let Some(d) = c.duration {
+            s.targeted.duration = d;
+        }
+        if let Some(n) = c.count {
+            s.catchup = n;
+        }
+        s
     }
+}
+
+/// What `Common` says to run against.
+fn kinds(c: &Common) -> anyhow::Result<Vec<Kind>> {
+    if let Some(url) = &c.target {
+        return Ok(vec![Kind::External {
+            url: url.clone(),
+            key: c.key.clone(),
+        }]);
+    }
+    c.against
+        .iter()
+        .map(|a| match a.as_str() {
+            "belfry" => Ok(Kind::Belfry),
+            "node" => Ok(Kind::Node),
+            other => anyhow::bail!("unknown system {other:?} (belfry or node)"),
+        })
+        .collect()
+}
+
+/// The scenarios, in report order.
+const ALL: [&str; 6] = ["idle", "connect", "fanout", "targeted", "catchup", "storm"];
+
+async fn one(
+    scenario: &str,
+    kind: &Kind,
+    c: &Common,
+    sizes: &Sizes,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let signer = Signer::new(&c.secret);
+    let mut system = System::start(kind.clone(), c.pid).await?;
+    println!("{scenario}: {} | started at {}", kind.name(), system.addr());
+    let r = match scenario {
+        "idle" => scenarios::idle::run(&system, &signer, &sizes.idle, out).await,
+        "connect" => scenarios::connect::run(&system, &signer, sizes.connect, out).await,
+        "fanout" => scenarios::fanout::run(&system, &signer, &sizes.fanout, out).await,
+        "targeted" => scenarios::targeted::run(&system, &signer, &sizes.targeted, out).await,
+        "catchup" => scenarios::catchup::run(&system, &signer, sizes.catchup, out).await,
+        "storm" => {
+            let (n, limit) = (sizes.storm, sizes.storm_limit);
+            scenarios::storm::run(&mut system, &signer, n, limit, out).await
+        }
+        other => Err(anyhow::anyhow!("unknown scenario {other}")),
+    };
+    system.stop().await;
+    r.with_context(|| format!("{scenario} against {}", kind.name()))
+}
+
+/// Runs `scenarios` against every system in `c`; prints the side-by-side table. A
+/// scenario that fails against one system is recorded and the rest still run; the
+/// failures come back beside the results.
+async fn run(scenarios: &[&str], c: &Common) -> anyhow::Result<(Results, Vec<String>)> {
+    let sizes = Sizes::from(c);
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for kind in kinds(c)? {
+        let mut out = Outcome::new(kind.name());
+        for scenario in scenarios {
+            // One scenario failing against one system is reported; the rest still run.
+            if let Err(e) = one(scenario, &kind, c, &sizes, &mut out).await {
+                eprintln!("{scenario}: {} | FAILED: {e:#}", kind.name());
+                out.note(scenario, format!("failed: {e:#}"));
+                failures.push(format!("{scenario} against {}: {e:#}", kind.name()));
+            }
+        }
+        outcomes.push(out);
+    }
+    let results = Results {
+        date: command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        machine: machine(),
+        command: std::env::args()
+            .map(|a| {
+                std::path::Path::new(&a)
+                    .file_name()
+                    .map_or(a.clone(), |f| f.to_string_lossy().into_owned())
+            })
+            .take(1)
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        quick: c.quick,
+        outcomes,
+    };
+    for scenario in scenarios {
+        println!("\n{scenario}:\n{}", report::table(&results, scenario));
+    }
+    Ok((results, failures))
+}
+
+/// Fails when anything failed.
+fn verdict(failures: &[String]) -> anyhow::Result<()> {
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("failed: {}", failures.join("; "))
+    }
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The machine in a few lines: CPU, cores, memory, kernel, the Node.js version.
+fn machine() -> Vec<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let files = belfry_bench::procfs::raise_nofile(1_000_000);
+    vec![
+        format!("CPU: {model}, {} cores available", std::thread::available_parallelism().map_or(0, usize::from)),
+        format!("Memory: {mem_gib:.1} GiB"),
+        format!("Kernel: Linux {}", command_line("uname", &["-r"])),
+        format!("Open files per process: at most {files} (hard limit)"),
+        format!("Node.js {} for the peer", command_line("node", &["--version"])),
+        "Belfry: the release build, its embedded SQLite store (WAL, synchronous=FULL) on this machine's disk".into(),
+    ]
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
-        Scenario::Soak(args) => soak(args).await,
-        Scenario::Idle(args) => idle(args).await,
-    }
-}
-
-/// Subscribers to add to a pool: two devices per user, spread over loopback source
-/// addresses, each from cursor 0.
-struct Fleet {
-    hub: std::net::SocketAddr,
-    tokens: Vec<String>,
-    sources: Vec<IpAddr>,
-    config: PoolConfig,
-}
-
-impl Fleet {
-    fn new(hub: &Hub, prefix: &str, users: usize, most: usize) -> Fleet {
-        Fleet {
-            hub: hub.addr(),
-            tokens: (0..users)
-                .map(|u| belfry_bench::token(&format!("{prefix}{u}")))
-                .collect(),
-            sources: sources(most),
-            config: PoolConfig::default(),
-        }
-    }
-
-    /// Adds subscribers until the pool has `to`, 1,000 at a time, each step waiting
-    /// until all are connected.
-    async fn grow(&self, pool: &mut Pool, to: usize) -> anyhow::Result<()> {
-        while pool.len() < to {
-            let from = pool.len();
-            let targets = (from..(from + 1_000).min(to))
-                .map(|i| {
-                    let target = Target {
-                        hub: self.hub,
-                        token: self.tokens[(i / 2) % self.tokens.len()].clone(),
-                        source: Some(self.sources[i % self.sources.len()]),
-                    };
-                    (target, Some(0))
-                })
-                .collect();
-            pool.add(targets, &self.config);
-            wait_for("connections", Duration::from_secs(60), || {
-                pool.connected() as usize >= pool.len()
-            })
-            .await?;
-        }
-        Ok(())
-    }
-}
-
-/// Loopback source addresses, one per 20,000 connections.
-fn sources(connections: usize) -> Vec<IpAddr> {
-    let n = connections.div_ceil(20_000).max(1);
-    (0..n)
-        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
-        .collect()
-}
-
-async fn soak(mut args: SoakArgs) -> anyhow::Result<()> {
-    if args.quick {
-        args.connections = 1_000;
-        args.duration = Duration::from_secs(30);
-        args.warmup = Duration::from_secs(10);
-    }
-    let limit = procfs::raise_nofile(args.connections as u64 + 2_000);
-    if (limit as usize) < args.connections + 1_000 {
-        bail!(
-            "the open-file limit is {limit}; {} connections need more",
-            args.connections
-        );
-    }
-    let dir = tempfile_dir()?;
-    let mut hub = Hub::start_with(&dir, free_port(), &[]).await;
-    let pid = hub.pid().context("hub pid")?;
-    let users = args.connections.div_ceil(2);
-    let fleet = Fleet::new(&hub, "soak", users, args.connections);
-    let mut pool = Pool::empty();
-    let ramp = Instant::now();
-    let me = std::process::id();
-    let cpu_before = procfs::cpu_time(me).unwrap_or_default();
-    fleet.grow(&mut pool, args.connections).await?;
-    println!(
-        "soak: {} connections up in {:.1} s; hub RSS {} KiB",
-        pool.connected(),
-        ramp.elapsed().as_secs_f64(),
-        procfs::rss_kib(pid).unwrap_or(0)
-    );
-
-    let publisher = hub.publisher();
-    let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / args.rate.max(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut sample = tokio::time::interval(Duration::from_secs(5));
-    let mut samples: Vec<(f64, u64)> = Vec::new();
-    let (mut published, mut expected, mut refused) = (0_u64, 0_u64, 0_u64);
-    let mut inflight = tokio::task::JoinSet::new();
-    while start.elapsed() < args.duration {
-        tokio::select! {
-            _ = tick.tick() => {
-                let everyone = rand::thread_rng().gen_ratio(1, 50);
-                let user = rand::thread_rng().gen_range(0..users);
-                let to = if everyone { "all".to_owned() } else { format!("user:soak{user}") };
-                let devices = if everyone { args.connections as u64 } else { 2.min(args.connections - user * 2) as u64 };
-                let p = publisher.clone();
-                inflight.spawn(async move {
-                    let body = json!({"to": [to], "title": "soak", "body": "x".repeat(200)});
-                    p.try_publish(body).await.map(|_| devices)
-                });
+        Command::All { mut common, out } => {
+            if common.target.is_none() && common.against == ["belfry"] {
+                common.against = vec!["belfry".into(), "node".into()];
             }
-            _ = sample.tick() => {
-                samples.push((start.elapsed().as_secs_f64(), procfs::rss_kib(pid).unwrap_or(0)));
-            }
-            Some(done) = inflight.join_next() => {
-                match done? {
-                    Ok(devices) => { published += 1; expected += devices; }
-                    Err(_) => refused += 1,
-                }
-            }
+            let (results, failures) = run(&ALL, &common).await?;
+            write_report(&results, &out)?;
+            verdict(&failures)
         }
-    }
-    while let Some(done) = inflight.join_next().await {
-        match done? {
-            Ok(devices) => {
-                published += 1;
-                expected += devices;
-            }
-            Err(_) => refused += 1,
+        Command::Report { from, out } => {
+            let text = std::fs::read_to_string(&from)
+                .with_context(|| format!("reading {}", from.display()))?;
+            let results: Results = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a run's results", from.display()))?;
+            write_report(&results, &out)
         }
+        Command::Idle(c) => verdict(&run(&["idle"], &c).await?.1),
+        Command::Connect(c) => verdict(&run(&["connect"], &c).await?.1),
+        Command::Fanout(c) => verdict(&run(&["fanout"], &c).await?.1),
+        Command::Targeted(c) => verdict(&run(&["targeted"], &c).await?.1),
+        Command::Catchup(c) => verdict(&run(&["catchup"], &c).await?.1),
+        Command::Storm(c) => verdict(&run(&["storm"], &c).await?.1),
+        Command::Soak(args) => scenarios::soak::run(args).await,
     }
-    let delivered_all = wait_for("deliveries", Duration::from_secs(60), || {
-        pool.distinct() >= expected
-    })
-    .await;
-    let held = pool.distinct();
-    let connected = pool.connected();
-    let subs = pool.stop().await;
-    let repeats: u64 = subs.iter().map(|s| s.tally.repeats).sum();
-    let cpu = procfs::cpu_time(me)
-        .unwrap_or_default()
-        .saturating_sub(cpu_before);
-    samples.push((
-        start.elapsed().as_secs_f64(),
-        procfs::rss_kib(pid).unwrap_or(0),
-    ));
-    hub.terminate().await;
-
-    let after_warmup: Vec<u64> = samples
-        .iter()
-        .filter(|(t, _)| *t >= args.warmup.as_secs_f64())
-        .map(|(_, r)| *r)
-        .collect();
-    let baseline = after_warmup.first().copied().unwrap_or(0);
-    let peak = after_warmup.iter().copied().max().unwrap_or(0);
-    let growth = if baseline > 0 {
-        (peak as f64 - baseline as f64) * 100.0 / baseline as f64
-    } else {
-        0.0
-    };
-    println!("soak: hub RSS over time (s, KiB): {samples:?}");
-    println!(
-        "soak: {} connections, {:.0} s, published {published} ({refused} refused), expected deliveries {expected}, \
-         held {held}, repeats {repeats}, connected at the end {connected}; hub RSS after warm-up {baseline} KiB, \
-         peak {peak} KiB, growth {growth:.2} %; load generator CPU {:.1} s",
-        args.connections,
-        args.duration.as_secs_f64(),
-        cpu.as_secs_f64()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    if delivered_all.is_err() {
-        bail!("lost notifications: held {held} of {expected}");
-    }
-    if refused > 0 {
-        bail!("{refused} publishes refused");
-    }
-    if !args.quick && growth > args.max_growth {
-        bail!(
-            "hub memory grew {growth:.2} % after the warm-up (limit {} %)",
-            args.max_growth
-        );
-    }
-    Ok(())
 }
 
-async fn idle(mut args: IdleArgs) -> anyhow::Result<()> {
-    if args.quick {
-        args.steps = vec![500, 1_000];
-        args.settle = Duration::from_secs(1);
-    }
-    let most = args.steps.iter().copied().max().context("no steps")?;
-    let limit = procfs::raise_nofile(most as u64 + 2_000);
-    if (limit as usize) < most + 1_000 {
-        bail!(
-            "the open-file limit is {limit}; {most} connections need more (run as root, or raise the hard limit)"
-        );
-    }
-    let dir = tempfile_dir()?;
-    let mut hub = Hub::start_with(&dir, free_port(), &[]).await;
-    let pid = hub.pid().context("hub pid")?;
-    tokio::time::sleep(args.settle).await;
-    let base = procfs::rss_kib(pid).unwrap_or(0);
-    let fleet = Fleet::new(&hub, "idle", most.div_ceil(2), most);
-    let mut pool = Pool::empty();
-    let me = std::process::id();
-    let mut points = vec![(0_usize, base)];
-    println!(
-        "idle: connections | hub RSS KiB | KiB over the empty hub | per connection | load generator RSS KiB"
-    );
-    println!(
-        "idle: {:>11} | {base:>11} | {:>22} | {:>14} | {:>22}",
-        0,
-        0,
-        "-",
-        procfs::rss_kib(me).unwrap_or(0)
-    );
-    for &step in &args.steps {
-        let started = Instant::now();
-        fleet.grow(&mut pool, step).await?;
-        let ramp = started.elapsed();
-        tokio::time::sleep(args.settle).await;
-        let rss = procfs::rss_kib(pid).unwrap_or(0);
-        let over = rss.saturating_sub(base);
-        println!(
-            "idle: {:>11} | {rss:>11} | {over:>22} | {:>11.1} KB | {:>22}   (connected {}, ramp {:.1} s)",
-            step,
-            over as f64 * 1024.0 / step as f64 / 1000.0,
-            procfs::rss_kib(me).unwrap_or(0),
-            pool.connected(),
-            ramp.as_secs_f64()
-        );
-        points.push((step, rss));
-    }
-    let slope_kib = slope(&points);
-    println!(
-        "idle: slope {:.1} KB per connection ({} B) over {} points",
-        slope_kib * 1024.0 / 1000.0,
-        (slope_kib * 1024.0).round(),
-        points.len()
-    );
-    let connected = pool.connected();
-    pool.stop().await;
-    hub.terminate().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    if connected as usize != most {
-        bail!("only {connected} of {most} connections held");
-    }
-    Ok(())
-}
-
-/// Least-squares slope of `y` (KiB) over `x` (connections).
-fn slope(points: &[(usize, u64)]) -> f64 {
-    let n = points.len() as f64;
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(sx, sy), &(x, y)| {
-        (sx + x as f64, sy + y as f64)
-    });
-    let (mx, my) = (sx / n, sy / n);
-    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), &(x, y)| {
-        let dx = x as f64 - mx;
-        (num + dx * (y as f64 - my), den + dx * dx)
-    });
-    if den == 0.0 { 0.0 } else { num / den }
-}
-
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("belfry-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-/// Polls `done` every 100 ms for up to `limit`.
-async fn wait_for(
-    what: &str,
-    limit: Duration,
-    mut done: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// BENCHMARKS.md in `out`, its charts and results.json in `out/bench`.
+fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> {
+    use belfry_bench::plot::Chart;
+    use report::{ChartSpec, Section, Target};
+    let sections = [
+        Section {
+            scenario: "idle",
+            title: "1. Idle connections",
+            about: "Connected, caught-up, idle Socket.IO clients (one per user, each with a token), added 1,000 at a time; the system's resident memory after each step settles. Bytes per connection come from the least-squares slope over all steps.",
+        },
+        Section {
+            scenario: "connect",
+            title: "2. Connect rate",
+            about: "All clients start at once; each opens a WebSocket, does the Engine.IO and Socket.IO handshakes with its token and an empty cursor, and receives its empty catch-up. The rate is the number of clients over the time until the last one is up to date.",
+        },
+        Section {
+            scenario: "fanout",
+            title: "3. Fan-out",
+            about: "Every subscriber connected; publishes to `all` over HTTP. Single publishes one after the other (the time until the last subscriber holds it), then a stream at a fixed rate, timed open loop from when each publish was due.",
+        },
+        Section {
+            scenario: "targeted",
+            title: "4. Targeted publish",
+            about: "Every subscriber connected (one per user); publishes over HTTP, each to one random user, open loop at fixed rates (latency counted from when each publish was due, so falling behind shows), then as fast as 64 publishers in flight get answers. Belfry stores every publish durably before it answers; the Node peer stores nothing.",
+        },
+        Section {
+            scenario: "catchup",
+            title: "5. Catch-up",
+            about: "Notifications published to a user while none of their devices is connected; then one device connects. The time from its connect until it holds all of them (checked: in order, none twice). Belfry reads them from its store; the Node peer from its in-memory offline queue, which a restart loses.",
+        },
+        Section {
+            scenario: "storm",
+            title: "6. Reconnect storm",
+            about: "Every client connected and up to date; the system is killed (SIGKILL) and started again at once. Clients reconnect on their own with jittered backoff (100 ms doubling to 2 s) and catch up from their cursor.",
+        },
+    ];
+    let charts = [
+        ChartSpec {
+            id: "idle-memory",
+            chart: Chart {
+                title: "Resident memory with idle connections",
+                x_label: "connections",
+                y_label: "MB",
+            },
+            scenario: "idle",
+        },
+        ChartSpec {
+            id: "fanout-cdf",
+            chart: Chart {
+                title: "One publish to every subscriber: share holding it over time",
+                x_label: "ms since the publish was sent",
+                y_label: "% of subscribers",
+            },
+            scenario: "fanout",
+        },
+        ChartSpec {
+            id: "targeted-1000",
+            chart: Chart {
+                title: "Targeted publish latency at 1,000/s",
+                x_label: "percentile (nines: 1 = p90, 2 = p99, 3 = p99.9, 4 = p99.99)",
+                y_label: "ms",
+            },
+            scenario: "targeted",
+        },
+        ChartSpec {
+            id: "targeted-5000",
+            chart: Chart {
+                title: "Targeted publish latency at 5,000/s",
+                x_label: "percentile (nines: 1 = p90, 2 = p99, 3 = p99.9, 4 = p99.99)",
+                y_label: "ms",
+            },
+            scenario: "targeted",
+        },
+        ChartSpec {
+            id: "storm",
+            chart: Chart {
+                title: "Reconnect storm: clients up to date after a kill",
+                x_label: "s since the kill",
+                y_label: "clients",
+            },
+            scenario: "storm",
+        },
+    ];
+    let targets = [
+        Target {
+            what: "at most 10 KB of hub memory per idle connection",
+            scenario: "idle",
+            metric: "memory per idle connection (slope)",
+            limit: 10.0,
+        },
+        Target {
+            what: "100,000 connections held",
+            scenario: "idle",
+            metric: "connections held",
+            limit: 100_000.0,
+        },
+        Target {
+            what: "at least 5,000 connects per second",
+            scenario: "connect",
+            metric: "connects per second (10000 at once)",
+            limit: 5_000.0,
+        },
+        Target {
+            what: "a 10K fan-out fully delivered in under 100 ms",
+            scenario: "fanout",
+            metric: "one publish: time until all 10000 have it (median of 5)",
+            limit: 100.0,
+        },
+        Target {
+            what: "targeted p99 under 20 ms at 5,000 publishes/s, durably stored",
+            scenario: "targeted",
+            metric: "5000/s: p99 latency",
+            limit: 20.0,
+        },
+        Target {
+            what: "10,000 missed notifications caught up in under 1 s",
+            scenario: "catchup",
+            metric: "time until all 10000 missed are held",
+            limit: 1_000.0,
+        },
+        Target {
+            what: "all 10K clients back within 10 s of a restart",
+            scenario: "storm",
+            metric: "time until all 10000 are back and caught up",
+            limit: 10_000.0,
+        },
+        Target {
+            what: "desktop tray app idle within 10 % of an empty Tauri 2 tray app",
+            scenario: "desktop",
+            metric: "idle RSS over the empty tray app",
+            limit: 10.0,
+        },
+    ];
+    let notes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/NOTES.md"))
+        .unwrap_or_default();
+    let charts_dir = out.join("bench");
+    let md = report::markdown(
+        results,
+        &sections,
+        &charts,
+        &targets,
+        &notes,
+        &charts_dir,
+        "bench",
+    )?;
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("BENCHMARKS.md"), md)?;
+    std::fs::write(
+        charts_dir.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    println!("report: {}", out.join("BENCHMARKS.md").display());
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! growing delays, resuming from its cursor) until the pool stops.
 
 use crate::client::{Counters, Ended, Subscriber, Target};
+use crate::latency::Latencies;
 use rand::Rng;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -56,8 +57,18 @@ impl Pool {
 
     /// A pool with no subscribers yet.
     pub fn empty() -> Pool {
+        Pool::with_counters(Counters::default())
+    }
+
+    /// A pool with no subscribers yet whose subscribers record the latency of timed
+    /// notifications into `latency`.
+    pub fn measuring(latency: Arc<Latencies>) -> Pool {
+        Pool::with_counters(Counters::measuring(latency))
+    }
+
+    fn with_counters(counters: Counters) -> Pool {
         Pool {
-            counters: Arc::default(),
+            counters: Arc::new(counters),
             stop: watch::channel(false).0,
             tasks: Vec::new(),
         }
@@ -87,6 +98,11 @@ impl Pool {
     /// How many subscribers are connected now.
     pub fn connected(&self) -> u64 {
         self.counters.connected.load(Relaxed)
+    }
+
+    /// How many subscribers are connected and caught up now.
+    pub fn up_to_date(&self) -> u64 {
+        self.counters.up_to_date.load(Relaxed)
     }
 
     /// Distinct notifications held, summed.
