@@ -281,6 +281,30 @@ fn id_param(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
+/// Marks delivered what a batch of ack points covers: `?1` the points as JSON
+/// (`[{"u": user, "f": from, "t": to, "p": [visible topics]}]`), `?2` the time.
+///
+/// One indexed range per point and target kind (the primary key is kind, name, id).
+/// CROSS JOIN keeps the points as the outer loop: left to itself, SQLite scanned every
+/// stored target once per point (a test checks the plan).
+const MARK_ACKED: &str = "WITH a AS (SELECT value ->> '$.u' AS u, value ->> '$.f' AS f, \
+                       value ->> '$.t' AS t, value -> '$.p' AS p FROM json_each(?1)) \
+     INSERT INTO user_state (user_id, notification_id, delivered_at) \
+     SELECT u, id, ?2 FROM ( \
+       SELECT a.u AS u, n.notification_id AS id FROM a CROSS JOIN notification_targets n \
+         WHERE n.kind = 0 AND n.name = a.u \
+           AND n.notification_id > a.f AND n.notification_id <= a.t \
+       UNION SELECT a.u, n.notification_id FROM a CROSS JOIN notification_targets n \
+         WHERE n.kind = 2 AND n.name = '' \
+           AND n.notification_id > a.f AND n.notification_id <= a.t \
+       UNION SELECT a.u, n.notification_id FROM a CROSS JOIN json_each(a.p) AS topic \
+         CROSS JOIN notification_targets n \
+         WHERE n.kind = 1 AND n.name = topic.value \
+           AND n.notification_id > a.f AND n.notification_id <= a.t) \
+     WHERE true \
+     ON CONFLICT (user_id, notification_id) DO UPDATE \
+     SET delivered_at = excluded.delivered_at WHERE delivered_at IS NULL";
+
 impl Writer {
     pub(super) fn new(conn: SqliteConnection) -> (Writer, WriterHandle) {
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH);
@@ -646,32 +670,11 @@ impl Writer {
             return Ok(0);
         }
         let ranges_json = serde_json::to_string(&ranges).unwrap_or_else(|_| "[]".into());
-        // One indexed range per point and target kind (the primary key is kind, name,
-        // id). CROSS JOIN keeps the points as the outer loop: left to itself, SQLite
-        // scanned every stored target once per point.
-        sqlx::query(
-            "WITH a AS (SELECT value ->> '$.u' AS u, value ->> '$.f' AS f, \
-                               value ->> '$.t' AS t, value -> '$.p' AS p FROM json_each(?1)) \
-             INSERT INTO user_state (user_id, notification_id, delivered_at) \
-             SELECT u, id, ?2 FROM ( \
-               SELECT a.u AS u, n.notification_id AS id FROM a CROSS JOIN notification_targets n \
-                 WHERE n.kind = 0 AND n.name = a.u \
-                   AND n.notification_id > a.f AND n.notification_id <= a.t \
-               UNION SELECT a.u, n.notification_id FROM a CROSS JOIN notification_targets n \
-                 WHERE n.kind = 2 AND n.name = '' \
-                   AND n.notification_id > a.f AND n.notification_id <= a.t \
-               UNION SELECT a.u, n.notification_id FROM a CROSS JOIN json_each(a.p) AS topic \
-                 CROSS JOIN notification_targets n \
-                 WHERE n.kind = 1 AND n.name = topic.value \
-                   AND n.notification_id > a.f AND n.notification_id <= a.t) \
-             WHERE true \
-             ON CONFLICT (user_id, notification_id) DO UPDATE \
-             SET delivered_at = excluded.delivered_at WHERE delivered_at IS NULL",
-        )
-        .bind(&ranges_json)
-        .bind(now_ms())
-        .execute(&mut self.conn)
-        .await?;
+        sqlx::query(MARK_ACKED)
+            .bind(&ranges_json)
+            .bind(now_ms())
+            .execute(&mut self.conn)
+            .await?;
         sqlx::query(
             "INSERT INTO users (user_id, acked_up_to) \
              SELECT value ->> '$.u', max(value ->> '$.t') FROM json_each(?) \
@@ -874,6 +877,38 @@ mod tests {
             .filter(|(_, delivered, _)| delivered.is_some())
             .map(|(user, _, _)| user)
             .collect()
+    }
+
+    #[tokio::test]
+    async fn marking_acks_searches_targets_by_key_and_never_scans_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _writer) = Store::open(dir.path(), None).await.expect("store");
+        // EXPLAIN QUERY PLAN rows: id, parent, notused, detail ("SEARCH n USING ...").
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {MARK_ACKED}"))
+            .bind("[]")
+            .bind(0_i64)
+            .fetch_all(&store.pool)
+            .await
+            .expect("query plan")
+            .iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, 3).expect("detail"))
+            .collect();
+        // Every step on the targets table (aliased n): one per target kind.
+        let on_targets: Vec<&String> = plan
+            .iter()
+            .filter(|d| d.split_whitespace().nth(1) == Some("n"))
+            .collect();
+        assert_eq!(on_targets.len(), 3, "{plan:#?}");
+        // Each a key search bounded by the point's id range, not a pass over a whole
+        // kind (what SQLite chose when the points were not the outer loop).
+        assert!(
+            on_targets
+                .iter()
+                .all(|d| d.starts_with("SEARCH n USING PRIMARY KEY")
+                    && d.contains("name=?")
+                    && d.contains("notification_id>?")),
+            "{plan:#?}"
+        );
     }
 
     #[tokio::test]
