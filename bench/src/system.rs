@@ -158,25 +158,6 @@ impl System {
         Publisher::new(&self.url, &self.key)
     }
 
-    /// SIGKILL, then the same system started again on the same port (and store).
-    pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
-        match &mut self.run {
-            Run::Belfry { hub, .. } => {
-                hub.kill().await;
-                hub.restart().await;
-            }
-            Run::Node { child, port } => {
-                if let Some(mut c) = child.take() {
-                    let _ = c.start_kill();
-                    let _ = c.wait().await;
-                }
-                *child = Some(start_node(*port).await?);
-            }
-            Run::External { .. } => bail!("an external hub cannot be restarted from here"),
-        }
-        Ok(())
-    }
-
     /// SIGKILL only (the restart comes separately, to time the outage).
     pub async fn kill(&mut self) {
         match &mut self.run {
