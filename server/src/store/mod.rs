@@ -349,3 +349,73 @@ pub(crate) fn target_key(target: &Target) -> (i64, &str) {
         Target::All => (2, ""),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by a hub from before user state was keyed by notification keeps
+    /// its delivery and read times, and lookups use the new key.
+    #[tokio::test]
+    async fn user_state_keeps_its_rows_when_rekeyed_by_notification() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("belfry.db"))
+            .create_if_missing(true);
+        let old = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .expect("old database");
+        let mut before = sqlx::migrate!("./migrations");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&old).await.expect("migrations 1 and 2");
+        sqlx::query(
+            "INSERT INTO notifications (id, event, title, body, priority, tags, actions, data, \
+             created_at, expires_at) VALUES (7, 'notification', 't', 'b', 3, '[]', '[]', '{}', 1, ?1);
+             INSERT INTO notification_targets (kind, name, notification_id) VALUES (2, '', 7);
+             INSERT INTO user_state (user_id, notification_id, delivered_at, read_at)
+               VALUES ('bob', 7, 1000, NULL), ('alice', 7, 2000, 3000);",
+        )
+        .bind(now_ms() + 3_600_000)
+        .execute(&old)
+        .await
+        .expect("old rows");
+        old.close().await;
+
+        let (store, _writer) = Store::open(dir.path(), None).await.expect("migrated");
+        let receipts = store.receipts(7).await.expect("receipts").expect("exists");
+        let times: Vec<(String, Option<i64>, Option<i64>)> = receipts
+            .into_iter()
+            .map(|(u, d, r)| (u, d.map(rows::to_ms), r.map(rows::to_ms)))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                ("alice".to_owned(), Some(2000), Some(3000)),
+                ("bob".to_owned(), Some(1000), None)
+            ]
+        );
+        let plan: Vec<String> = sqlx::query(
+            "EXPLAIN QUERY PLAN SELECT read_at FROM user_state WHERE user_id = ?1 AND notification_id = ?2",
+        )
+        .bind("alice")
+        .bind(7_i64)
+        .fetch_all(&store.pool)
+        .await
+        .expect("plan")
+        .iter()
+        .map(|row| row.try_get::<String, _>(3).expect("detail"))
+        .collect();
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("PRIMARY KEY (notification_id=? AND user_id=?)")),
+            "{plan:?}"
+        );
+    }
+}
