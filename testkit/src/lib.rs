@@ -1,9 +1,10 @@
 //! Test support shared by Belfry's suites: the real `belfry-server` binary on a real
 //! loopback port (killable with SIGKILL and restartable on the same port and data dir),
-//! tokens minted by that binary, publishing over its HTTP API, and a TCP proxy that
-//! injects network faults.
+//! tokens minted by that binary, publishing over its HTTP API, a TCP proxy that injects
+//! network faults, and a headless desktop (Xvfb, D-Bus, dunst) for the tray app.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod desktop;
 mod proxy;
 
 pub use proxy::FaultProxy;

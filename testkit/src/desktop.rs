@@ -1,0 +1,472 @@
+//! A headless desktop for end-to-end tests and benchmarks: Xvfb on a free display, a
+//! private D-Bus session, dunst printing every notification it receives (each one
+//! timestamped as it arrives), and the real tray app binary. Everything is started here
+//! and killed on drop.
+
+use crate::{WAIT, token, workspace_bin};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The tray app binary.
+pub fn app_bin() -> PathBuf {
+    workspace_bin("belfry-desktop", "BELFRY_DESKTOP_BIN")
+}
+
+/// One notification as dunst printed it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Popup {
+    pub appname: String,
+    pub summary: String,
+    pub body: String,
+    pub urgency: String,
+    pub actions: String,
+}
+
+fn parse_popups(text: &str) -> Vec<Popup> {
+    let mut out = Vec::new();
+    let mut current: Option<Popup> = None;
+    // `actions: {` opens a nested block whose lines are `key: label`, closed by `}`.
+    let mut in_actions = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if in_actions {
+            if line == "}" {
+                in_actions = false;
+            } else if let Some(p) = current.as_mut() {
+                p.actions.push_str(line);
+                p.actions.push('\n');
+            }
+        } else if line == "{" {
+            current = Some(Popup::default());
+        } else if line == "}" {
+            out.extend(current.take());
+        } else if let Some(p) = current.as_mut()
+            && let Some((key, value)) = line.split_once(": ").or_else(|| line.split_once(':'))
+        {
+            let value = value.trim().trim_matches('\'').to_owned();
+            match key {
+                "appname" => p.appname = value,
+                "summary" => p.summary = value,
+                "body" => p.body = value,
+                "urgency" => p.urgency = value,
+                "actions" if value == "{" => in_actions = true,
+                "actions" => p.actions = value,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Xvfb + D-Bus session + dunst.
+#[derive(Debug)]
+pub struct Desktop {
+    pub display: String,
+    pub dbus: String,
+    // Held for kill-on-drop.
+    _xvfb: Child,
+    _bus: Child,
+    _dunst: Child,
+    printed: Arc<Mutex<String>>,
+    /// When each notification reached dunst, with its summary.
+    arrived: Arc<Mutex<Vec<(Instant, String)>>>,
+    /// The app's tray item, once found (bus name, object path).
+    tray: Mutex<Option<(String, String)>>,
+}
+
+impl Desktop {
+    pub async fn start() -> Desktop {
+        Self::start_with_daemon(true).await
+    }
+
+    /// A desktop with or without a notification daemon.
+    pub async fn start_with_daemon(daemon: bool) -> Desktop {
+        // A display number nobody uses. Tests of one binary run in parallel in one
+        // process, so each takes the next number from a counter; other processes start
+        // elsewhere (by pid), and lock files and a live Xvfb confirm the choice.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let base = 100 + (std::process::id() % 40) * 20;
+        let mut xvfb = None;
+        let mut display = String::new();
+        for _ in 0..60 {
+            let n = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 800;
+            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            {
+                continue;
+            }
+            display = format!(":{n}");
+            let mut child = Command::new("Xvfb")
+                .args([&display, "-nolisten", "tcp", "-screen", "0", "1280x860x24"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("Xvfb (apt install xvfb)");
+            let ready = async {
+                while !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let started = tokio::time::timeout(Duration::from_secs(10), ready)
+                .await
+                .is_ok();
+            // Ours only if our Xvfb is still running (a loser of a race exits at once).
+            if started && child.try_wait().unwrap().is_none() {
+                xvfb = Some(child);
+                break;
+            }
+            let _ = child.kill().await;
+        }
+        let xvfb = xvfb.expect("no free X display");
+        let mut bus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("dbus-daemon (apt install dbus)");
+        let mut lines = BufReader::new(bus.stdout.take().unwrap()).lines();
+        let dbus = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // Without a daemon, "dunst" is a process that prints nothing and owns no name.
+        let (program, args): (&str, &[&str]) = if daemon {
+            ("dunst", &["-print"])
+        } else {
+            ("sleep", &["600"])
+        };
+        let mut dunst = Command::new(program)
+            .args(args)
+            .env("DISPLAY", &display)
+            .env("DBUS_SESSION_BUS_ADDRESS", &dbus)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("dunst (apt install dunst)");
+        let printed = Arc::new(Mutex::new(String::new()));
+        let arrived = Arc::new(Mutex::new(Vec::new()));
+        let (sink, times) = (printed.clone(), arrived.clone());
+        let mut out = BufReader::new(dunst.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                if let Some(summary) = line.trim().strip_prefix("summary: ") {
+                    let summary = summary.trim_matches('\'').to_owned();
+                    times.lock().unwrap().push((Instant::now(), summary));
+                }
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let desktop = Desktop {
+            display,
+            dbus,
+            _xvfb: xvfb,
+            _bus: bus,
+            _dunst: dunst,
+            printed,
+            arrived,
+            tray: Mutex::new(None),
+        };
+        // dunst owns the notification service once it answers.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while daemon && !desktop.dbus_has("org.freedesktop.Notifications").await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dunst never started"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        desktop
+    }
+
+    /// When each notification reached dunst so far, with its summary, in arrival order.
+    pub fn arrivals(&self) -> Vec<(Instant, String)> {
+        self.arrived.lock().unwrap().clone()
+    }
+
+    /// How many notifications reached dunst so far.
+    pub fn arrived(&self) -> usize {
+        self.arrived.lock().unwrap().len()
+    }
+
+    /// A command for a program on this desktop (its display and session bus, never
+    /// Wayland), killed when dropped.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env("DISPLAY", &self.display)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.dbus)
+            .env_remove("WAYLAND_DISPLAY")
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Every notification dunst received so far.
+    pub fn popups(&self) -> Vec<Popup> {
+        parse_popups(&self.printed.lock().unwrap())
+    }
+
+    /// Waits until a popup matching `f` was received.
+    pub async fn wait_popup(&self, f: impl Fn(&Popup) -> bool) -> Popup {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(p) = self.popups().into_iter().find(&f) {
+                return p;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no such popup; dunst got: {:#?}",
+                self.popups()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn gdbus(&self, args: &[&str]) -> String {
+        // A peer that never answers (some connections on the bus do not handle
+        // introspection) must not stall the test: give each call a few seconds.
+        let out = Command::new("gdbus")
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.dbus)
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(Duration::from_secs(3), out).await {
+            Ok(out) => {
+                String::from_utf8_lossy(&out.expect("gdbus (libglib2.0-bin)").stdout).into_owned()
+            }
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The names on the session bus, as gdbus prints them.
+    async fn bus_names(&self) -> String {
+        self.gdbus(&[
+            "call",
+            "--session",
+            "--dest",
+            "org.freedesktop.DBus",
+            "--object-path",
+            "/org/freedesktop/DBus",
+            "--method",
+            "org.freedesktop.DBus.ListNames",
+        ])
+        .await
+    }
+
+    pub async fn dbus_has(&self, name: &str) -> bool {
+        self.bus_names().await.contains(name)
+    }
+
+    /// The tray item the app exports on the session bus: its bus name and object path.
+    /// (Under its unique name: with no tray host running there is no watcher to register
+    /// a well-known one with.)
+    async fn tray_item(&self) -> Option<(String, String)> {
+        if let Some(found) = self.tray.lock().unwrap().clone() {
+            return Some(found);
+        }
+        let names = self.bus_names().await;
+        for name in names.split('\'').filter(|n| n.starts_with(":1.")) {
+            let tree = self
+                .gdbus(&[
+                    "introspect",
+                    "--session",
+                    "--dest",
+                    name,
+                    "--object-path",
+                    "/org/ayatana/NotificationItem",
+                ])
+                .await;
+            if let Some(child) = tree
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("node "))
+                .map(|n| n.trim_end_matches(" {").trim().to_owned())
+                .find(|n| !n.starts_with('/') && !n.is_empty())
+            {
+                let found = (
+                    name.to_owned(),
+                    format!("/org/ayatana/NotificationItem/{child}"),
+                );
+                *self.tray.lock().unwrap() = Some(found.clone());
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// The tray item's label (the unread count next to the icon).
+    pub async fn tray_label(&self) -> Option<String> {
+        let (name, path) = self.tray_item().await?;
+        let label = self
+            .gdbus(&[
+                "call",
+                "--session",
+                "--dest",
+                &name,
+                "--object-path",
+                &path,
+                "--method",
+                "org.freedesktop.DBus.Properties.Get",
+                "org.kde.StatusNotifierItem",
+                "XAyatanaLabel",
+            ])
+            .await;
+        // (<'3'>,)
+        Some(label.split('\'').nth(1).unwrap_or_default().to_owned())
+    }
+
+    /// The tray menu's layout as the desktop's tray would read it (dbusmenu).
+    pub async fn tray_menu(&self) -> String {
+        let Some((name, path)) = self.tray_item().await else {
+            return String::new();
+        };
+        self.gdbus(&[
+            "call",
+            "--session",
+            "--dest",
+            &name,
+            "--object-path",
+            &format!("{path}/Menu"),
+            "--method",
+            "com.canonical.dbusmenu.GetLayout",
+            "0",
+            "--",
+            "-1",
+            "@as []",
+        ])
+        .await
+    }
+
+    /// The menu's first line (the connection status).
+    pub async fn tray_status_line(&self) -> String {
+        let menu = self.tray_menu().await;
+        menu.split("'label': <'")
+            .nth(1)
+            .and_then(|rest| rest.split("'>").next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Clicks the tray menu item with this label, as a tray host would.
+    pub async fn tray_click(&self, label: &str) {
+        let (name, path) = self.tray_item().await.expect("a tray item");
+        let menu = self.tray_menu().await;
+        // Items look like `(5, {'label': <'Mark all read'>}, @av [])`.
+        let at = menu
+            .find(&format!("'label': <'{label}'>"))
+            .unwrap_or_else(|| panic!("no {label:?} in {menu}"));
+        let id = menu[..at]
+            .rsplit('(')
+            .next()
+            .and_then(|s| s.split(',').next())
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .expect("an item id");
+        let out = self
+            .gdbus(&[
+                "call",
+                "--session",
+                "--dest",
+                &name,
+                "--object-path",
+                &format!("{path}/Menu"),
+                "--method",
+                "com.canonical.dbusmenu.Event",
+                &id.to_string(),
+                "clicked",
+                "<0>",
+                "0",
+            ])
+            .await;
+        assert_eq!(out.trim(), "()", "clicking {label:?}");
+    }
+}
+
+/// The real tray app binary, headless on `desktop`.
+#[derive(Debug)]
+pub struct App {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl App {
+    pub async fn start(desktop: &Desktop, data_dir: &Path, hub_url: &str, user: &str) -> App {
+        Self::start_with(desktop, data_dir, hub_url, user, &[]).await
+    }
+
+    /// Starts the app with extra environment variables.
+    pub async fn start_with(
+        desktop: &Desktop,
+        data_dir: &Path,
+        hub_url: &str,
+        user: &str,
+        env: &[(&str, &str)],
+    ) -> App {
+        Self::launch(desktop, &app_bin(), data_dir, hub_url, user, true, env)
+    }
+
+    /// Starts `bin` (the app, in whichever build) on `desktop`, in the tray only when
+    /// `hidden`, with extra environment variables.
+    pub fn launch(
+        desktop: &Desktop,
+        bin: &Path,
+        data_dir: &Path,
+        hub_url: &str,
+        user: &str,
+        hidden: bool,
+        env: &[(&str, &str)],
+    ) -> App {
+        let hidden = hidden.then_some("--hidden");
+        let mut child = desktop
+            .command(bin)
+            .args(hidden)
+            .args(["--server", hub_url, "--token", &token(user)])
+            .envs(env.iter().copied())
+            .env("BELFRY_DESKTOP_DATA_DIR", data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Keep the app's log (warnings and errors) for the tests, and show it as well.
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err.next_line().await {
+                eprintln!("{line}");
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+        });
+        App { child, log }
+    }
+
+    /// What the app logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// The app's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
