@@ -55,7 +55,7 @@ bench-quick: setup-test
 ## bench: the full benchmark suite against the release hub and the Node peer; rewrites
 ## docs/BENCHMARKS.md and its charts (docs/bench/)
 bench: setup-test
-	$(CARGO) build --release -p belfry-server -p belfry-bench
+	$(CARGO) build --release -p belfry-server -p belfry-bench -p belfry-desktop -p belfry-empty-tray
 	$(CARGO_TARGET_DIR)/release/belfry-bench all --out docs
 
 ## fuzz: each fuzz target for five minutes

@@ -54,6 +54,9 @@ enum Command {
     Catchup(Common),
     /// The system killed and restarted under many clients: time until all are back.
     Storm(Common),
+    /// The tray app on a headless desktop beside an empty Tauri 2 tray app: memory, CPU,
+    /// publish-to-popup latency, memory as the history grows (Belfry only).
+    Desktop(Common),
     /// Connections held and steady publishing for a while; hub memory must stay flat.
     Soak(scenarios::soak::SoakArgs),
 }
@@ -104,6 +107,7 @@ struct Sizes {
     catchup: usize,
     storm: usize,
     storm_limit: Duration,
+    desktop: scenarios::desktop::DesktopSizes,
 }
 
 impl Sizes {
@@ -130,6 +134,12 @@ impl Sizes {
                 catchup: 500,
                 storm: 300,
                 storm_limit: Duration::from_secs(30),
+                desktop: scenarios::desktop::DesktopSizes {
+                    settle: Duration::from_secs(3),
+                    window: Duration::from_secs(5),
+                    popups: 10,
+                    history: 400,
+                },
             }
         } else {
             Sizes {
@@ -153,6 +163,12 @@ impl Sizes {
                 catchup: 10_000,
                 storm: 10_000,
                 storm_limit: Duration::from_secs(60),
+                desktop: scenarios::desktop::DesktopSizes {
+                    settle: Duration::from_secs(10),
+                    window: Duration::from_secs(30),
+                    popups: 100,
+                    history: 10_000,
+                },
             }
         };
         if let Some(n) = c.connections {
@@ -196,7 +212,9 @@ fn kinds(c: &Common) -> anyhow::Result<Vec<Kind>> {
 }
 
 /// The scenarios, in report order.
-const ALL: [&str; 6] = ["idle", "connect", "fanout", "targeted", "catchup", "storm"];
+const ALL: [&str; 7] = [
+    "idle", "connect", "fanout", "targeted", "catchup", "storm", "desktop",
+];
 
 async fn one(
     scenario: &str,
@@ -205,6 +223,10 @@ async fn one(
     sizes: &Sizes,
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
+    if scenario == "desktop" && !matches!(kind, Kind::Belfry) {
+        // The tray app speaks to a Belfry hub only; nothing to compare it with here.
+        return Ok(());
+    }
     let signer = Signer::new(&c.secret);
     let mut system = System::start(kind.clone(), c.pid).await?;
     println!("{scenario}: {} | started at {}", kind.name(), system.addr());
@@ -218,6 +240,7 @@ async fn one(
             let (n, limit) = (sizes.storm, sizes.storm_limit);
             scenarios::storm::run(&mut system, &signer, n, limit, out).await
         }
+        "desktop" => scenarios::desktop::run(&system, &sizes.desktop, out).await,
         other => Err(anyhow::anyhow!("unknown scenario {other}")),
     };
     system.stop().await;
@@ -335,6 +358,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Targeted(c) => verdict(&run(&["targeted"], &c).await?.1),
         Command::Catchup(c) => verdict(&run(&["catchup"], &c).await?.1),
         Command::Storm(c) => verdict(&run(&["storm"], &c).await?.1),
+        Command::Desktop(c) => verdict(&run(&["desktop"], &c).await?.1),
         Command::Soak(args) => scenarios::soak::run(args).await,
     }
 }
@@ -373,6 +397,11 @@ fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> 
             scenario: "storm",
             title: "6. Reconnect storm",
             about: "Every client connected and up to date; the system is killed (SIGKILL) and started again at once. Clients reconnect on their own with jittered backoff (100 ms doubling to 2 s) and catch up from their cursor.",
+        },
+        Section {
+            scenario: "desktop",
+            title: "7. Desktop tray app",
+            about: "The tray app (`belfry-desktop`) and an empty Tauri 2 tray app (`bench/empty-tray`: a tray icon and a Quit item, built in the same cargo invocation and profile, so with the same Tauri features) on a headless desktop: Xvfb, a private D-Bus session and dunst as the notification daemon. Memory from /proc/<pid>/smaps_rollup (RSS counts the shared GTK and WebKit library pages; private memory is what the process alone holds); CPU at rest is the CPU time used over a window of quiet divided by the window. The app is first measured as autostart leaves it (connected, in the tray, window closed); then timed: notifications published to its user 4 per second, each timed from when it was due until dunst received the popup; then its history grows with do-not-disturb on (popups held back) and its private memory is read after each quarter; last, it restarts with the window open on that history, measured with its web processes. Belfry only: the Node peer has no desktop app.",
         },
     ];
     let charts = [
@@ -420,6 +449,15 @@ fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> 
                 y_label: "clients",
             },
             scenario: "storm",
+        },
+        ChartSpec {
+            id: "desktop-history",
+            chart: Chart {
+                title: "Tray app private memory as its history grows (window closed)",
+                x_label: "notifications in the history",
+                y_label: "MiB",
+            },
+            scenario: "desktop",
         },
     ];
     let targets = [

@@ -3,6 +3,7 @@
 
 pub mod catchup;
 pub mod connect;
+pub mod desktop;
 pub mod fanout;
 pub mod idle;
 pub mod soak;

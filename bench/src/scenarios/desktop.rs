@@ -1,0 +1,320 @@
+//! Desktop: the tray app beside an empty Tauri 2 tray app built the same way (the floor),
+//! on a headless desktop (Xvfb, a private D-Bus session, dunst as the notification
+//! daemon): memory and CPU at rest with the window closed and open, publish-to-popup
+//! latency, and the app's private memory as its history grows.
+
+use anyhow::{Context, bail};
+use belfry_bench::procfs::{self, Footprint};
+use belfry_bench::report::{Better, Outcome};
+use belfry_bench::system::System;
+use belfry_testkit::desktop::{App, Desktop, app_bin};
+use serde_json::json;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+const S: &str = "desktop";
+const USER: &str = "desk0";
+
+/// How long and how much.
+#[derive(Debug, Clone)]
+pub struct DesktopSizes {
+    /// Wait after a start before measuring.
+    pub settle: Duration,
+    /// How long CPU at rest is measured.
+    pub window: Duration,
+    /// Notifications timed from publish to popup.
+    pub popups: usize,
+    /// Notifications the history grows to.
+    pub history: usize,
+}
+
+/// Memory of a process tree and the CPU it used over a window at rest.
+struct Rest {
+    main: Footprint,
+    tree: Footprint,
+    processes: usize,
+    cpu_percent: f64,
+}
+
+async fn at_rest(pid: u32, sizes: &DesktopSizes) -> anyhow::Result<Rest> {
+    tokio::time::sleep(sizes.settle).await;
+    let pids = procfs::tree(pid);
+    let cpu = |pids: &[u32]| -> Duration { pids.iter().filter_map(|p| procfs::cpu_time(*p)).sum() };
+    let before = cpu(&pids);
+    tokio::time::sleep(sizes.window).await;
+    let used = cpu(&pids).saturating_sub(before);
+    let main = procfs::footprint(pid).context("the process ended")?;
+    let tree = pids
+        .iter()
+        .filter_map(|p| procfs::footprint(*p))
+        .fold(Footprint::default(), |a, b| a + b);
+    Ok(Rest {
+        main,
+        tree,
+        processes: pids.len(),
+        cpu_percent: used.as_secs_f64() * 100.0 / sizes.window.as_secs_f64(),
+    })
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// How many notifications the app holds in its history (read beside it: SQLite WAL).
+async fn history_len(data_dir: &Path) -> u64 {
+    let Ok(store) = belfry_client::LocalStore::open(data_dir).await else {
+        return 0;
+    };
+    let n = store.history_len().await.unwrap_or(0);
+    store.close().await;
+    n
+}
+
+pub async fn run(system: &System, sizes: &DesktopSizes, out: &mut Outcome) -> anyhow::Result<()> {
+    let empty_bin = belfry_testkit::workspace_bin("belfry-empty-tray", "BELFRY_EMPTY_TRAY_BIN");
+    let desktop = Desktop::start().await;
+
+    // The floor: Tauri 2 with a tray icon and nothing else.
+    let mut empty = desktop
+        .command(&empty_bin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", empty_bin.display()))?;
+    let floor = at_rest(empty.id().context("empty tray pid")?, sizes).await?;
+    empty.kill().await.ok();
+    out.figure(
+        S,
+        "empty Tauri 2 tray app: RSS",
+        "MiB",
+        mib(floor.main.rss),
+        Better::Lower,
+    );
+    out.figure(
+        S,
+        "empty Tauri 2 tray app: private memory",
+        "MiB",
+        mib(floor.main.private),
+        Better::Lower,
+    );
+    out.figure(
+        S,
+        "empty Tauri 2 tray app: CPU at rest",
+        "%",
+        floor.cpu_percent,
+        Better::Lower,
+    );
+
+    // The tray app as autostart leaves it: connected, in the tray, window closed.
+    let data = tempfile_dir()?;
+    let hub_url = format!("http://{}", system.addr());
+    let publisher = system.publisher();
+    let mut app = App::launch(&desktop, &app_bin(), &data, &hub_url, USER, true, &[]);
+    let pid = app.pid().context("app pid")?;
+    let hello = json!({"to": [format!("user:{USER}")], "title": "hello", "body": "connected"});
+    let started = Instant::now();
+    publisher
+        .try_publish(hello)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    while !desktop.arrivals().iter().any(|(_, s)| s == "hello") {
+        if started.elapsed() > Duration::from_secs(60) || !app.running() {
+            bail!("the app never showed its first notification: {}", app.log());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closed = at_rest(pid, sizes).await?;
+    out.figure(
+        S,
+        "window closed: RSS",
+        "MiB",
+        mib(closed.main.rss),
+        Better::Lower,
+    );
+    out.figure(
+        S,
+        "window closed: private memory",
+        "MiB",
+        mib(closed.main.private),
+        Better::Lower,
+    );
+    out.figure(
+        S,
+        "window closed: CPU at rest",
+        "%",
+        closed.cpu_percent,
+        Better::Lower,
+    );
+    out.figure(
+        S,
+        "idle RSS over the empty tray app",
+        "%",
+        (closed.main.rss as f64 - floor.main.rss as f64) * 100.0 / floor.main.rss as f64,
+        Better::Lower,
+    );
+    if closed.processes > 1 {
+        out.note(S, format!("window closed: {} processes", closed.processes));
+    }
+
+    // Publish to popup, open loop: each publish sent when due, timed from then.
+    let interval = Duration::from_millis(250);
+    let first = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut sends = tokio::task::JoinSet::new();
+    let mut due = Vec::with_capacity(sizes.popups);
+    for i in 0..sizes.popups {
+        let at = first + interval * i as u32;
+        tokio::time::sleep_until(at).await;
+        due.push(at.into_std());
+        let p = publisher.clone();
+        sends.spawn(async move {
+            p.try_publish(json!({"to": [format!("user:{USER}")], "title": format!("timed {i}"), "body": "latency"}))
+                .await
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        r?.map_err(anyhow::Error::msg)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let timed = |arrivals: &[(Instant, String)]| -> Vec<f64> {
+        arrivals
+            .iter()
+            .filter_map(|(at, s)| {
+                let i: usize = s.strip_prefix("timed ")?.parse().ok()?;
+                Some(at.saturating_duration_since(*due.get(i)?).as_secs_f64() * 1000.0)
+            })
+            .collect()
+    };
+    let mut ms = timed(&desktop.arrivals());
+    while ms.len() < sizes.popups && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ms = timed(&desktop.arrivals());
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    if ms.is_empty() {
+        bail!("none of {} timed notifications popped up", sizes.popups);
+    }
+    out.figure(S, "publish to popup: p50", "ms", at(0.50), Better::Lower);
+    out.figure(S, "publish to popup: p99", "ms", at(0.99), Better::Lower);
+    out.figure(S, "publish to popup: max", "ms", at(1.0), Better::Lower);
+    if ms.len() < sizes.popups {
+        out.note(
+            S,
+            format!(
+                "{} of {} timed notifications popped up",
+                ms.len(),
+                sizes.popups
+            ),
+        );
+    }
+
+    // The history grows, popups held back by do-not-disturb: private memory at each step.
+    desktop.tray_click("Until I turn it off").await;
+    let mut held = history_len(&data).await;
+    let mut points = vec![(
+        held as f64,
+        mib(procfs::footprint(pid).context("app")?.private),
+    )];
+    let steps = 4;
+    for step in 1..=steps {
+        let goal = sizes.history * step / steps;
+        let count = goal.saturating_sub(held as usize);
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (p, next) = (publisher.clone(), next.clone());
+            workers.spawn(async move {
+                while next.fetch_add(1, Relaxed) < count {
+                    p.try_publish(json!({"to": [format!("user:{USER}")], "title": "history", "body": "x".repeat(200)}))
+                        .await?;
+                }
+                Ok::<_, String>(())
+            });
+        }
+        while let Some(r) = workers.join_next().await {
+            r?.map_err(anyhow::Error::msg)?;
+        }
+        let want = held + count as u64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while history_len(&data).await < want {
+            if Instant::now() > deadline || !app.running() {
+                bail!(
+                    "the app's history stopped at {} of {want}",
+                    history_len(&data).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        held = want;
+        tokio::time::sleep(sizes.settle).await;
+        let private = procfs::footprint(pid).context("app")?.private;
+        points.push((held as f64, mib(private)));
+    }
+    out.line("desktop-history", points.clone());
+    let (first_mib, last_mib) = (points[0].1, points[points.len() - 1].1);
+    out.figure(
+        S,
+        &format!("window closed: private memory with {held} in history"),
+        "MiB",
+        last_mib,
+        Better::Lower,
+    );
+    out.figure(
+        S,
+        &format!("private memory growth, history {} to {held}", points[0].0),
+        "%",
+        (last_mib - first_mib) * 100.0 / first_mib,
+        Better::Lower,
+    );
+    app.kill().await;
+
+    // The window open on that history: the app and its web processes.
+    let app = App::launch(&desktop, &app_bin(), &data, &hub_url, USER, false, &[]);
+    let open = at_rest(app.pid().context("app pid")?, sizes).await?;
+    out.figure(
+        S,
+        "window open: RSS, with web processes",
+        "MiB",
+        mib(open.tree.rss),
+        Better::Lower,
+    );
+    out.figure(
+        S,
+        "window open: PSS, with web processes",
+        "MiB",
+        mib(open.tree.pss),
+        Better::Lower,
+    );
+    out.figure(
+        S,
+        "window open: private memory, with web processes",
+        "MiB",
+        mib(open.tree.private),
+        Better::Lower,
+    );
+    out.figure(
+        S,
+        "window open: CPU at rest",
+        "%",
+        open.cpu_percent,
+        Better::Lower,
+    );
+    out.note(S, format!("window open: {} processes", open.processes));
+    app.kill().await;
+    std::fs::remove_dir_all(&data).ok();
+    Ok(())
+}
+
+/// A fresh data dir for the app.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "belfry-bench-desktop-{}-{}",
+        std::process::id(),
+        belfry_bench::latency::now_micros()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
