@@ -59,6 +59,27 @@ async fn at_rest(pid: u32, sizes: &DesktopSizes) -> anyhow::Result<Rest> {
     })
 }
 
+impl Rest {
+    /// Records the main process's memory and the CPU at rest, under `label`.
+    fn report(&self, out: &mut Outcome, label: &str) {
+        let mem = [
+            ("RSS", self.main.rss),
+            ("private memory", self.main.private),
+        ];
+        for (what, kib) in mem {
+            out.figure(
+                S,
+                &format!("{label}: {what}"),
+                "MiB",
+                mib(kib),
+                Better::Lower,
+            );
+        }
+        let cpu = format!("{label}: CPU at rest");
+        out.figure(S, &cpu, "%", self.cpu_percent, Better::Lower);
+    }
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -86,27 +107,7 @@ pub async fn run(system: &System, sizes: &DesktopSizes, out: &mut Outcome) -> an
         .with_context(|| format!("starting {}", empty_bin.display()))?;
     let floor = at_rest(empty.id().context("empty tray pid")?, sizes).await?;
     empty.kill().await.ok();
-    out.figure(
-        S,
-        "empty Tauri 2 tray app: RSS",
-        "MiB",
-        mib(floor.main.rss),
-        Better::Lower,
-    );
-    out.figure(
-        S,
-        "empty Tauri 2 tray app: private memory",
-        "MiB",
-        mib(floor.main.private),
-        Better::Lower,
-    );
-    out.figure(
-        S,
-        "empty Tauri 2 tray app: CPU at rest",
-        "%",
-        floor.cpu_percent,
-        Better::Lower,
-    );
+    floor.report(out, "empty Tauri 2 tray app");
 
     // The tray app as autostart leaves it: connected, in the tray, window closed.
     let data = tempfile_dir()?;
@@ -127,27 +128,7 @@ pub async fn run(system: &System, sizes: &DesktopSizes, out: &mut Outcome) -> an
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let closed = at_rest(pid, sizes).await?;
-    out.figure(
-        S,
-        "window closed: RSS",
-        "MiB",
-        mib(closed.main.rss),
-        Better::Lower,
-    );
-    out.figure(
-        S,
-        "window closed: private memory",
-        "MiB",
-        mib(closed.main.private),
-        Better::Lower,
-    );
-    out.figure(
-        S,
-        "window closed: CPU at rest",
-        "%",
-        closed.cpu_percent,
-        Better::Lower,
-    );
+    closed.report(out, "window closed");
     out.figure(
         S,
         "idle RSS over the empty tray app",
