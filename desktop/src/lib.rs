@@ -121,40 +121,51 @@ pub fn run() {
     });
 }
 
-/// Passes what the core reports to the tray and the page.
+/// Passes what the core reports to the tray and the page. Whatever is already queued is
+/// handled together: a burst of notifications makes one page event and one tray refresh,
+/// not one per notification.
 async fn pump(app: AppHandle, mut events: tokio::sync::mpsc::Receiver<ClientEvent>) {
     tray::refresh(&app).await;
-    while let Some(event) = events.recv().await {
-        match event {
-            ClientEvent::Status(status) => {
-                let _ = app.emit(EVENT_STATUS, &status);
-                tray::refresh(&app).await;
-            }
-            ClientEvent::Stored { .. }
-            | ClientEvent::ReadChanged
-            | ClientEvent::CaughtUp { .. } => {
-                let _ = app.emit(EVENT_CHANGED, ());
-                tray::refresh(&app).await;
-            }
-            ClientEvent::TopicsChanged => {
-                let _ = app.emit(EVENT_TOPICS, ());
-            }
-            ClientEvent::NotifierUnavailable { reason } => {
-                tracing::warn!(%reason, "native notifications unavailable");
-                if let Some(state) = app.try_state::<Belfry>() {
-                    *state
-                        .notifier_problem
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+    while let Some(first) = events.recv().await {
+        let mut changed = false;
+        let mut status_changed = false;
+        let mut next = Some(first);
+        while let Some(event) = next {
+            match event {
+                ClientEvent::Status(status) => {
+                    let _ = app.emit(EVENT_STATUS, &status);
+                    status_changed = true;
                 }
-                let _ = app.emit(EVENT_NOTIFIER, &reason);
-            }
-            ClientEvent::Action(UserAction::OpenUrl { url }) => {
-                if let Err(e) = app.opener().open_url(&url, None::<&str>) {
-                    tracing::warn!(%url, error = %e, "cannot open the browser");
+                ClientEvent::Stored { .. }
+                | ClientEvent::ReadChanged
+                | ClientEvent::CaughtUp { .. } => changed = true,
+                ClientEvent::TopicsChanged => {
+                    let _ = app.emit(EVENT_TOPICS, ());
                 }
+                ClientEvent::NotifierUnavailable { reason } => {
+                    tracing::warn!(%reason, "native notifications unavailable");
+                    if let Some(state) = app.try_state::<Belfry>() {
+                        *state
+                            .notifier_problem
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                    }
+                    let _ = app.emit(EVENT_NOTIFIER, &reason);
+                }
+                ClientEvent::Action(UserAction::OpenUrl { url }) => {
+                    if let Err(e) = app.opener().open_url(&url, None::<&str>) {
+                        tracing::warn!(%url, error = %e, "cannot open the browser");
+                    }
+                }
+                ClientEvent::Action(UserAction::OpenWindow) => window::show(&app),
             }
-            ClientEvent::Action(UserAction::OpenWindow) => window::show(&app),
+            next = events.try_recv().ok();
+        }
+        if changed {
+            let _ = app.emit(EVENT_CHANGED, ());
+        }
+        if changed || status_changed {
+            tray::refresh(&app).await;
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::{Belfry, window};
 use belfry_client::{ConnectionState, Dnd};
+use std::sync::Mutex;
 use tauri::image::Image;
 use tauri::menu::{CheckMenuItem, Menu, MenuEvent, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::tray::TrayIconBuilder;
@@ -13,11 +14,46 @@ use time::OffsetDateTime;
 /// The tray icon's id.
 pub const TRAY: &str = "main";
 
-/// The menu items that change.
+/// The menu items that change, and what they show now.
 struct TrayItems {
     status: MenuItem<Wry>,
     mark_all: MenuItem<Wry>,
     dnd: [(DndChoice, CheckMenuItem<Wry>); 4],
+    /// What the tray shows, so a refresh touches only what changed. A std mutex: held
+    /// while the changes are applied, never across an await.
+    shown: Mutex<Option<TrayView>>,
+}
+
+/// Everything the tray shows, worked out from the device's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TrayView {
+    status_line: String,
+    mark_all: bool,
+    dnd: DndChoice,
+    /// Which icon: the connection state and whether anything is unread.
+    icon: (ConnectionState, bool),
+    title: Option<String>,
+    tooltip: String,
+}
+
+impl TrayView {
+    fn of(state: ConnectionState, unread: u64, dnd: DndChoice) -> TrayView {
+        let mut line = status_line(state).to_owned();
+        if unread > 0 {
+            line.push_str(&format!(" · {unread} unread"));
+        }
+        if dnd != DndChoice::Off {
+            line.push_str(" · do not disturb");
+        }
+        TrayView {
+            status_line: line,
+            mark_all: unread > 0,
+            dnd,
+            icon: (state, unread > 0),
+            title: (unread > 0).then(|| unread.to_string()),
+            tooltip: format!("Belfry: {}", status_line(state)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +183,7 @@ pub fn create(app: &AppHandle) -> tauri::Result<()> {
         status,
         mark_all,
         dnd,
+        shown: Mutex::new(None),
     });
     Ok(())
 }
@@ -182,7 +219,9 @@ fn on_menu(app: &AppHandle, event: MenuEvent) {
     });
 }
 
-/// Brings the icon, title and menu up to date with the device.
+/// Brings the icon, title and menu up to date with the device, touching only what
+/// changed: every change is a D-Bus round of the tray protocol, and a new icon is a PNG
+/// encoded and written out, so a burst of notifications must not redo them each time.
 pub async fn refresh(app: &AppHandle) {
     let Some(belfry) = app.try_state::<Belfry>() else {
         return;
@@ -196,24 +235,32 @@ pub async fn refresh(app: &AppHandle) {
     let Some(items) = app.try_state::<TrayItems>() else {
         return;
     };
-    let mut line = status_line(status.state).to_owned();
-    if unread > 0 {
-        line.push_str(&format!(" · {unread} unread"));
+    let view = TrayView::of(status.state, unread, dnd);
+    let mut shown = items.shown.lock().unwrap_or_else(|p| p.into_inner());
+    let old = shown.as_ref();
+    if old.map(|o| &o.status_line) != Some(&view.status_line) {
+        let _ = items.status.set_text(&view.status_line);
     }
-    if dnd != DndChoice::Off {
-        line.push_str(" · do not disturb");
+    if old.map(|o| o.mark_all) != Some(view.mark_all) {
+        let _ = items.mark_all.set_enabled(view.mark_all);
     }
-    let _ = items.status.set_text(line);
-    let _ = items.mark_all.set_enabled(unread > 0);
-    for (choice, item) in &items.dnd {
-        let _ = item.set_checked(*choice == dnd);
+    if old.map(|o| o.dnd) != Some(view.dnd) {
+        for (choice, item) in &items.dnd {
+            let _ = item.set_checked(*choice == view.dnd);
+        }
     }
     if let Some(tray) = app.tray_by_id(TRAY) {
-        let _ = tray.set_icon(icon(status.state, unread > 0));
-        let title = (unread > 0).then(|| unread.to_string());
-        let _ = tray.set_title(title);
-        let _ = tray.set_tooltip(Some(format!("Belfry: {}", status_line(status.state))));
+        if old.map(|o| o.icon) != Some(view.icon) {
+            let _ = tray.set_icon(icon(view.icon.0, view.icon.1));
+        }
+        if old.map(|o| &o.title) != Some(&view.title) {
+            let _ = tray.set_title(view.title.clone());
+        }
+        if old.map(|o| &o.tooltip) != Some(&view.tooltip) {
+            let _ = tray.set_tooltip(Some(view.tooltip.clone()));
+        }
     }
+    *shown = Some(view);
 }
 
 #[cfg(test)]
@@ -247,5 +294,27 @@ mod tests {
             DndChoice::of(&hour, now + time::Duration::hours(2)),
             DndChoice::Off
         );
+    }
+
+    /// One more unread notification changes the count in the menu and the title, but not
+    /// the icon: a burst of them must not re-encode and re-send the icon each time.
+    #[test]
+    fn the_view_keeps_the_icon_while_only_the_count_changes() {
+        let three = TrayView::of(ConnectionState::Connected, 3, DndChoice::Off);
+        let four = TrayView::of(ConnectionState::Connected, 4, DndChoice::Off);
+        assert_eq!(three.status_line, "Connected · 3 unread");
+        assert_eq!(four.status_line, "Connected · 4 unread");
+        assert_eq!(four.title.as_deref(), Some("4"));
+        assert_eq!(three.icon, four.icon);
+        assert_eq!(three.tooltip, four.tooltip);
+
+        let none = TrayView::of(ConnectionState::Connected, 0, DndChoice::Always);
+        assert_eq!(none.status_line, "Connected · do not disturb");
+        assert_eq!(none.title, None);
+        assert!(!none.mark_all);
+        assert_ne!(none.icon, four.icon);
+        let offline = TrayView::of(ConnectionState::Reconnecting, 0, DndChoice::Always);
+        assert_ne!(offline.icon, none.icon);
+        assert_eq!(offline.tooltip, "Belfry: Offline: reconnecting…");
     }
 }
