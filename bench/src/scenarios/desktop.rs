@@ -9,11 +9,13 @@ use belfry_bench::report::{Better, Outcome};
 use belfry_bench::system::System;
 use belfry_testkit::desktop::{App, Desktop, app_bin};
 use serde_json::json;
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const S: &str = "desktop";
 const USER: &str = "desk0";
@@ -140,6 +142,10 @@ pub async fn run(system: &System, sizes: &DesktopSizes, out: &mut Outcome) -> an
         out.note(S, format!("window closed: {} processes", closed.processes));
     }
 
+    // When the app's Notify calls went over the session bus (by summary), to split a
+    // popup's time between the app and the notification daemon.
+    let notify_calls = watch_notify_calls(&desktop)?;
+
     // Publish to popup, open loop: each publish sent when due, timed from then.
     let interval = Duration::from_millis(250);
     let first = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -153,26 +159,59 @@ pub async fn run(system: &System, sizes: &DesktopSizes, out: &mut Outcome) -> an
         sends.spawn(async move {
             p.try_publish(json!({"to": [format!("user:{USER}")], "title": format!("timed {i}"), "body": "latency"}))
                 .await
+                .map(|_| (i, Instant::now()))
         });
     }
+    // When the hub answered each (stored it): tells the hub's part of a slow popup.
+    let mut answered = vec![None; sizes.popups];
     while let Some(r) = sends.join_next().await {
-        r?.map_err(anyhow::Error::msg)?;
+        let (i, at) = r?.map_err(anyhow::Error::msg)?;
+        answered[i] = Some(at);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    let timed = |arrivals: &[(Instant, String)]| -> Vec<f64> {
+    // (index, ms) of each timed popup that arrived.
+    let timed = |arrivals: &[(Instant, String)]| -> Vec<(usize, f64)> {
         arrivals
             .iter()
             .filter_map(|(at, s)| {
                 let i: usize = s.strip_prefix("timed ")?.parse().ok()?;
-                Some(at.saturating_duration_since(*due.get(i)?).as_secs_f64() * 1000.0)
+                Some((
+                    i,
+                    at.saturating_duration_since(*due.get(i)?).as_secs_f64() * 1000.0,
+                ))
             })
             .collect()
     };
-    let mut ms = timed(&desktop.arrivals());
-    while ms.len() < sizes.popups && Instant::now() < deadline {
+    let mut each = timed(&desktop.arrivals());
+    while each.len() < sizes.popups && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        ms = timed(&desktop.arrivals());
+        each = timed(&desktop.arrivals());
     }
+    // The slowest, by index: whether they come first, together or at random.
+    each.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let slowest: Vec<String> = each
+        .iter()
+        .take(3)
+        .map(|(i, ms)| {
+            let since_due = |at: Instant| at.saturating_duration_since(due[*i]).as_secs_f64() * 1000.0;
+            let stored = answered[*i].map_or("?".into(), |at| format!("{:.0}", since_due(at)));
+            let called = notify_calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&format!("timed {i}"))
+                .map_or("?".into(), |at| format!("{:.0}", since_due(*at)));
+            format!("#{i} {ms:.0} ms (stored by the hub at {stored} ms, sent to the daemon by the app at {called} ms)")
+        })
+        .collect();
+    out.note(
+        S,
+        format!(
+            "publish to popup, slowest of {}: {}",
+            each.len(),
+            slowest.join(", ")
+        ),
+    );
+    let mut ms: Vec<f64> = each.iter().map(|(_, ms)| *ms).collect();
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
     if ms.is_empty() {
@@ -252,6 +291,19 @@ pub async fn run(system: &System, sizes: &DesktopSizes, out: &mut Outcome) -> an
     );
     app.kill().await;
 
+    // The same history after a restart, window closed: what the app holds for a history
+    // of that size, without whatever the burst that filled it left behind.
+    let app = App::launch(&desktop, &app_bin(), &data, &hub_url, USER, true, &[]);
+    let restarted = at_rest(app.pid().context("app pid")?, sizes).await?;
+    out.figure(
+        S,
+        &format!("window closed, restarted with {held} in history: private memory"),
+        "MiB",
+        mib(restarted.main.private),
+        Better::Lower,
+    );
+    app.kill().await;
+
     // The window open on that history: the app and its web processes.
     let app = App::launch(&desktop, &app_bin(), &data, &hub_url, USER, false, &[]);
     let open = at_rest(app.pid().context("app pid")?, sizes).await?;
@@ -287,6 +339,53 @@ pub async fn run(system: &System, sizes: &DesktopSizes, out: &mut Outcome) -> an
     app.kill().await;
     std::fs::remove_dir_all(&data).ok();
     Ok(())
+}
+
+/// When each notification summary was first sent to the daemon (a `Notify` method call
+/// on the desktop's session bus), read from `dbus-monitor` as it runs.
+type NotifyCalls = Arc<std::sync::Mutex<HashMap<String, Instant>>>;
+
+fn watch_notify_calls(desktop: &Desktop) -> anyhow::Result<NotifyCalls> {
+    let mut monitor = desktop
+        .command("dbus-monitor")
+        .args([
+            "--session",
+            "type='method_call',interface='org.freedesktop.Notifications',member='Notify'",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("dbus-monitor (apt install dbus-bin)")?;
+    let stdout = monitor.stdout.take().context("dbus-monitor output")?;
+    let calls: NotifyCalls = Arc::default();
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        // Notify's arguments are app name, replaces id, icon, summary, ...: the summary
+        // is the third string after the call's header line.
+        let mut lines = BufReader::new(stdout).lines();
+        let mut strings = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let at = Instant::now();
+            if line.starts_with("method call") {
+                strings = Some(0);
+            } else if let (Some(n), Some(text)) =
+                (strings.as_mut(), line.trim().strip_prefix("string \""))
+            {
+                *n += 1;
+                if *n == 3 {
+                    let summary = text.trim_end_matches('"').to_owned();
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(summary)
+                        .or_insert(at);
+                    strings = None;
+                }
+            }
+        }
+        // Keeps the monitor alive (killed on drop) as long as it prints.
+        drop(monitor);
+    });
+    Ok(calls)
 }
 
 /// A fresh data dir for the app.
