@@ -2,13 +2,11 @@
 //! connected, then one device connects: the time from its first byte until it holds all
 //! of them, in order, none twice.
 
-use super::{Fleet, Signer, wait_for};
+use super::{Fleet, Signer, publish_many, wait_for};
 use belfry_bench::pool::Pool;
 use belfry_bench::report::{Better, Outcome};
 use belfry_bench::system::System;
 use serde_json::json;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 const S: &str = "catchup";
@@ -21,23 +19,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Publish while the user is away, 32 at a time.
     let publisher = system.publisher();
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let (p, next) = (publisher.clone(), next.clone());
-        workers.spawn(async move {
-            while next.fetch_add(1, Relaxed) < count {
-                p.try_publish(
-                    json!({"to": ["user:away0"], "title": "while away", "body": "x".repeat(100)}),
-                )
-                .await?;
-            }
-            Ok::<_, String>(())
-        });
-    }
-    while let Some(r) = workers.join_next().await {
-        r?.map_err(|e| anyhow::anyhow!("publish refused: {e}"))?;
-    }
+    publish_many(
+        &publisher,
+        json!({"to": ["user:away0"], "title": "while away", "body": "x".repeat(100)}),
+        count,
+        32,
+    )
+    .await?;
 
     let fleet = Fleet::new(system, signer, "away", 1, 1, 1);
     let mut pool = Pool::empty();

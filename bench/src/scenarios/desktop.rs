@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -242,21 +241,9 @@ pub async fn run(system: &System, sizes: &DesktopSizes, out: &mut Outcome) -> an
     for step in 1..=steps {
         let goal = sizes.history * step / steps;
         let count = goal.saturating_sub(held as usize);
-        let next = Arc::new(AtomicUsize::new(0));
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..16 {
-            let (p, next) = (publisher.clone(), next.clone());
-            workers.spawn(async move {
-                while next.fetch_add(1, Relaxed) < count {
-                    p.try_publish(json!({"to": [format!("user:{USER}")], "title": "history", "body": "x".repeat(200)}))
-                        .await?;
-                }
-                Ok::<_, String>(())
-            });
-        }
-        while let Some(r) = workers.join_next().await {
-            r?.map_err(anyhow::Error::msg)?;
-        }
+        let body =
+            json!({"to": [format!("user:{USER}")], "title": "history", "body": "x".repeat(200)});
+        super::publish_many(&publisher, body, count, 16).await?;
         let want = held + count as u64;
         let deadline = Instant::now() + Duration::from_secs(120);
         while history_len(&data).await < want {

@@ -16,8 +16,36 @@ use belfry_bench::client::Target;
 use belfry_bench::pool::{Pool, PoolConfig};
 use belfry_bench::procfs;
 use belfry_bench::system::System;
+use belfry_testkit::Publisher;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+/// Publishes `count` notifications, each `body`, with `workers` publishers at once, as
+/// fast as the system answers; fails on the first refusal.
+pub async fn publish_many(
+    publisher: &Publisher,
+    body: serde_json::Value,
+    count: usize,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut running = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (p, next, body) = (publisher.clone(), next.clone(), body.clone());
+        running.spawn(async move {
+            while next.fetch_add(1, Relaxed) < count {
+                p.try_publish(body.clone()).await?;
+            }
+            Ok::<_, String>(())
+        });
+    }
+    while let Some(r) = running.join_next().await {
+        r?.map_err(|e| anyhow::anyhow!("publish refused: {e}"))?;
+    }
+    Ok(())
+}
 
 /// Subscribers to add to a pool: `devices` per user, spread over loopback source
 /// addresses, each from cursor 0.
