@@ -33,6 +33,8 @@ pub struct Metrics {
     pub catch_up_batches_total: AtomicU64,
     /// Notifications sent in catch-up batches.
     pub catch_up_notifications_total: AtomicU64,
+    /// Catch-ups from a cursor at the head, answered without reading the store.
+    pub catch_ups_up_to_date_total: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -69,7 +71,7 @@ impl Metrics {
             "Subscriber sockets connected now.",
             self.connections.load(Relaxed).to_string(),
         );
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "belfry_connections_total",
                 "Subscriber sockets ever connected.",
@@ -114,6 +116,11 @@ impl Metrics {
                 "belfry_catch_up_notifications_total",
                 "Notifications sent in catch-up batches.",
                 &self.catch_up_notifications_total,
+            ),
+            (
+                "belfry_catch_ups_up_to_date_total",
+                "Catch-ups from a cursor at the head, answered without reading the store.",
+                &self.catch_ups_up_to_date_total,
             ),
         ];
         for (name, help, value) in counters {

@@ -157,7 +157,10 @@ impl AppState {
         })
     }
 
-    /// The highest id committed and handed to delivery.
+    /// The highest id committed and handed to delivery. Delivery raises it before it
+    /// looks up the sockets to emit to, under the adapter's lock that joining a room also
+    /// takes: a socket that joined its rooms and then reads the head either is among those
+    /// sockets or sees the raised head.
     pub fn head(&self) -> u64 {
         self.head.load(Relaxed)
     }

@@ -156,6 +156,75 @@ async fn catch_up_racing_live_publishes_leaves_no_gap() {
     hub.stop().await;
 }
 
+/// A device that reconnects up to date is answered from the hub's head without a store
+/// read; publishes racing its reconnects must still all reach it, by catch-up or live.
+#[tokio::test]
+async fn up_to_date_reconnects_racing_publishes_leave_no_gap() {
+    let hub = TestHub::start().await;
+    let first = hub.publish_to("user:hal", "before").await;
+    let publisher = hub.publisher();
+    let racing = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..150 {
+            ids.push(
+                publisher
+                    .publish_to("user:hal", &format!("racing {i}"))
+                    .await,
+            );
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        ids
+    });
+    // Reconnect over and over, each time from the cursor the rule allows: the highest
+    // caught-up id or the head `synced` named (never a live one seen before `synced`).
+    let mut cursor = first;
+    let mut held = BTreeSet::from([first]);
+    loop {
+        let done = racing.is_finished();
+        let mut hal = Subscriber::connect(&hub.url, &token("hal"), Some(cursor)).await;
+        let (caught, head, live) = hal.catch_up().await;
+        held.extend(caught.iter().chain(live.iter()).map(|n| n.id));
+        cursor = caught.iter().map(|n| n.id).fold(cursor.max(head), u64::max);
+        // Live ones after `synced` move the cursor too.
+        while let Some(Event::Live(n)) = hal.next_within(Duration::from_millis(5)).await {
+            held.insert(n.id);
+            cursor = cursor.max(n.id);
+        }
+        hal.close().await;
+        if done {
+            break;
+        }
+    }
+    let expected: BTreeSet<u64> = std::iter::once(first)
+        .chain(racing.await.unwrap())
+        .collect();
+    assert_eq!(held, expected, "every racing publish reached the device");
+    // Up to date now: an empty catch-up whose head is the newest id.
+    let newest = *expected.last().unwrap();
+    let mut hal = Subscriber::connect(&hub.url, &token("hal"), Some(newest)).await;
+    let before = up_to_date_catch_ups(&hub).await;
+    let (caught, head, _) = hal.catch_up().await;
+    assert!(caught.is_empty(), "{caught:?}");
+    assert_eq!(head, newest);
+    assert_eq!(
+        up_to_date_catch_ups(&hub).await,
+        before + 1,
+        "answered from the head, without a store read"
+    );
+    hal.close().await;
+    hub.stop().await;
+}
+
+/// How many catch-ups the hub answered from its head so far.
+async fn up_to_date_catch_ups(hub: &TestHub) -> u64 {
+    hub.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("belfry_catch_ups_up_to_date_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the up-to-date catch-up counter")
+}
+
 #[tokio::test]
 async fn sync_request_replays_from_a_cursor() {
     let hub = TestHub::start().await;
