@@ -248,18 +248,31 @@ impl Desktop {
         }
     }
 
-    /// The names on the session bus, as gdbus prints them.
-    async fn bus_names(&self) -> String {
-        self.gdbus(&[
+    /// Calls `method` on the object at `path` of the bus name `dest`, with `args` as
+    /// gdbus reads them; returns the reply as gdbus prints it.
+    async fn call(&self, dest: &str, path: &str, method: &str, args: &[&str]) -> String {
+        let mut all = vec![
             "call",
             "--session",
             "--dest",
-            "org.freedesktop.DBus",
+            dest,
             "--object-path",
-            "/org/freedesktop/DBus",
+            path,
             "--method",
+            method,
+        ];
+        all.extend_from_slice(args);
+        self.gdbus(&all).await
+    }
+
+    /// The names on the session bus, as gdbus prints them.
+    async fn bus_names(&self) -> String {
+        self.call(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
             "org.freedesktop.DBus.ListNames",
-        ])
+            &[],
+        )
         .await
     }
 
@@ -307,18 +320,12 @@ impl Desktop {
     pub async fn tray_label(&self) -> Option<String> {
         let (name, path) = self.tray_item().await?;
         let label = self
-            .gdbus(&[
-                "call",
-                "--session",
-                "--dest",
+            .call(
                 &name,
-                "--object-path",
                 &path,
-                "--method",
                 "org.freedesktop.DBus.Properties.Get",
-                "org.kde.StatusNotifierItem",
-                "XAyatanaLabel",
-            ])
+                &["org.kde.StatusNotifierItem", "XAyatanaLabel"],
+            )
             .await;
         // (<'3'>,)
         Some(label.split('\'').nth(1).unwrap_or_default().to_owned())
@@ -329,20 +336,12 @@ impl Desktop {
         let Some((name, path)) = self.tray_item().await else {
             return String::new();
         };
-        self.gdbus(&[
-            "call",
-            "--session",
-            "--dest",
+        self.call(
             &name,
-            "--object-path",
             &format!("{path}/Menu"),
-            "--method",
             "com.canonical.dbusmenu.GetLayout",
-            "0",
-            "--",
-            "-1",
-            "@as []",
-        ])
+            &["0", "--", "-1", "@as []"],
+        )
         .await
     }
 
@@ -371,20 +370,12 @@ impl Desktop {
             .and_then(|n| n.trim().parse::<u32>().ok())
             .expect("an item id");
         let out = self
-            .gdbus(&[
-                "call",
-                "--session",
-                "--dest",
+            .call(
                 &name,
-                "--object-path",
                 &format!("{path}/Menu"),
-                "--method",
                 "com.canonical.dbusmenu.Event",
-                &id.to_string(),
-                "clicked",
-                "<0>",
-                "0",
-            ])
+                &[&id.to_string(), "clicked", "<0>", "0"],
+            )
             .await;
         assert_eq!(out.trim(), "()", "clicking {label:?}");
     }
