@@ -201,8 +201,8 @@ async fn up_to_date_reconnects_racing_publishes_leave_no_gap() {
     assert_eq!(held, expected, "every racing publish reached the device");
     // Up to date now: an empty catch-up whose head is the newest id.
     let newest = *expected.last().unwrap();
-    let mut hal = Subscriber::connect(&hub.url, &token("hal"), Some(newest)).await;
     let before = up_to_date_catch_ups(&hub).await;
+    let mut hal = Subscriber::connect(&hub.url, &token("hal"), Some(newest)).await;
     let (caught, head, _) = hal.catch_up().await;
     assert!(caught.is_empty(), "{caught:?}");
     assert_eq!(head, newest);

@@ -120,3 +120,52 @@ async fn a_notification_published_through_nginx_arrives_live_through_nginx() {
     nina.close().await;
     hub.stop().await;
 }
+
+/// The whole site as shipped, TLS server blocks included, installed the way DEPLOY.md
+/// says (the proxy settings under `snippets/`) with a certificate where the site expects
+/// one: `nginx -t` accepts it.
+#[test]
+fn the_shipped_site_passes_nginx_t() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let cert = rcgen::generate_simple_self_signed(vec!["notify.example.com".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let live = "/etc/letsencrypt/live/notify.example.com";
+    let site = std::fs::read_to_string(deploy.join("belfry.conf"))
+        .unwrap()
+        .replace(&format!("{live}/fullchain.pem"), &format!("{d}/cert.pem"))
+        .replace(&format!("{live}/privkey.pem"), &format!("{d}/key.pem"));
+    for dir_name in ["conf.d", "snippets"] {
+        std::fs::create_dir(dir.path().join(dir_name)).unwrap();
+    }
+    std::fs::write(dir.path().join("conf.d/belfry.conf"), site).unwrap();
+    std::fs::copy(
+        deploy.join("belfry-proxy.conf"),
+        dir.path().join("snippets/belfry-proxy.conf"),
+    )
+    .unwrap();
+    let conf = format!(
+        "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
+         http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+         include conf.d/*.conf;\n}}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let out = std::process::Command::new("nginx")
+        .arg("-t")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .output()
+        .expect("nginx (apt install nginx; make setup-test installs it)");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("test is successful"),
+        "{said}"
+    );
+}
