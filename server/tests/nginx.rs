@@ -46,32 +46,43 @@ fn site_head(upstreams: &[std::net::SocketAddr]) -> String {
     out
 }
 
+/// Writes `nginx.conf` into `dir` with `http` in its http block, everything nginx writes
+/// kept in `dir`; returns the command that runs nginx on it.
+fn nginx_in(dir: &Path, http: &str) -> std::process::Command {
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 512; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         {http}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let mut command = std::process::Command::new("nginx");
+    command
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.join("error.log"));
+    command
+}
+
 impl Nginx {
     async fn start(upstreams: &[std::net::SocketAddr]) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = belfry_testkit::free_port();
-        let d = dir.path().display();
         let proxy = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../deploy/nginx/belfry-proxy.conf")
             .canonicalize()
             .unwrap();
-        let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 512; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             {head}\n  server {{\n    listen 127.0.0.1:{port};\n    include {proxy};\n  }}\n}}\n",
+        let http = format!(
+            "{head}\n  server {{\n    listen 127.0.0.1:{port};\n    include {proxy};\n  }}",
             head = site_head(upstreams),
             proxy = proxy.display(),
         );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
+        let child = Command::from(nginx_in(dir.path(), &http))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -146,21 +157,8 @@ fn the_shipped_site_passes_nginx_t() {
         dir.path().join("snippets/belfry-proxy.conf"),
     )
     .unwrap();
-    let conf = format!(
-        "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
-         http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-         include conf.d/*.conf;\n}}\n"
-    );
-    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-    let out = std::process::Command::new("nginx")
+    let out = nginx_in(dir.path(), "  include conf.d/*.conf;")
         .arg("-t")
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
         .output()
         .expect("nginx (apt install nginx; make setup-test installs it)");
     let said = String::from_utf8_lossy(&out.stderr);
