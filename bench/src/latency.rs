@@ -52,9 +52,17 @@ impl Latencies {
 
     /// Records a notification received now that was due at `due_micros`.
     pub fn record_since(&self, due_micros: u64) {
-        let micros = now_micros().saturating_sub(due_micros).max(1);
+        self.record_micros(now_micros().saturating_sub(due_micros));
+    }
+
+    /// Records one latency measured elsewhere.
+    pub fn record(&self, latency: std::time::Duration) {
+        self.record_micros(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn record_micros(&self, micros: u64) {
         if let Ok(mut h) = self.hist.lock() {
-            h.saturating_record(micros);
+            h.saturating_record(micros.max(1));
         }
     }
 

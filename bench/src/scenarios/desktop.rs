@@ -4,6 +4,7 @@
 //! latency, and the app's private memory as its history grows.
 
 use anyhow::{Context, bail};
+use belfry_bench::latency::Latencies;
 use belfry_bench::procfs::{self, Footprint};
 use belfry_bench::report::{Better, Outcome};
 use belfry_bench::system::System;
@@ -210,21 +211,29 @@ pub async fn run(system: &System, sizes: &DesktopSizes, out: &mut Outcome) -> an
             slowest.join(", ")
         ),
     );
-    let mut ms: Vec<f64> = each.iter().map(|(_, ms)| *ms).collect();
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
-    if ms.is_empty() {
+    if each.is_empty() {
         bail!("none of {} timed notifications popped up", sizes.popups);
     }
-    out.figure(S, "publish to popup: p50", "ms", at(0.50), Better::Lower);
-    out.figure(S, "publish to popup: p99", "ms", at(0.99), Better::Lower);
-    out.figure(S, "publish to popup: max", "ms", at(1.0), Better::Lower);
-    if ms.len() < sizes.popups {
+    let popups = Latencies::new();
+    for (_, ms) in &each {
+        popups.record(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let summary = popups.summary();
+    let percentiles = [
+        ("p50", summary.p50_ms),
+        ("p99", summary.p99_ms),
+        ("max", summary.max_ms),
+    ];
+    for (what, ms) in percentiles {
+        let metric = format!("publish to popup: {what}");
+        out.figure(S, &metric, "ms", ms, Better::Lower);
+    }
+    if each.len() < sizes.popups {
         out.note(
             S,
             format!(
                 "{} of {} timed notifications popped up",
-                ms.len(),
+                each.len(),
                 sizes.popups
             ),
         );
