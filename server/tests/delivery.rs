@@ -11,6 +11,27 @@ use std::time::Duration;
 
 const QUIET: Duration = Duration::from_millis(400);
 
+/// Publishes `n` notifications to `target` from a task of their own, `pause` apart;
+/// the task ends with their ids.
+fn publish_in_background(
+    hub: &TestHub,
+    target: &'static str,
+    n: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    let publisher = hub.publisher();
+    tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            ids.push(publisher.publish_to(target, &format!("racing {i}")).await);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        ids
+    })
+}
+
 #[tokio::test]
 async fn live_delivery_to_a_user_several_users_a_topic_and_all_reaches_only_them() {
     let hub = TestHub::start().await;
@@ -118,18 +139,7 @@ async fn catch_up_racing_live_publishes_leaves_no_gap() {
         backlog.push(hub.publish_to("user:gus", &format!("backlog {i}")).await);
     }
     // Publish continuously while gus connects and catches up.
-    let publisher = hub.publisher();
-    let publisher = tokio::spawn(async move {
-        let mut ids = Vec::new();
-        for i in 0..300 {
-            ids.push(
-                publisher
-                    .publish_to("user:gus", &format!("racing {i}"))
-                    .await,
-            );
-        }
-        ids
-    });
+    let publisher = publish_in_background(&hub, "user:gus", 300, Duration::ZERO);
     let mut gus = Subscriber::connect(&hub.url, &token("gus"), Some(0)).await;
     let (caught, head, mut live) = gus.catch_up().await;
     let racing = publisher.await.unwrap();
@@ -162,19 +172,7 @@ async fn catch_up_racing_live_publishes_leaves_no_gap() {
 async fn up_to_date_reconnects_racing_publishes_leave_no_gap() {
     let hub = TestHub::start().await;
     let first = hub.publish_to("user:hal", "before").await;
-    let publisher = hub.publisher();
-    let racing = tokio::spawn(async move {
-        let mut ids = Vec::new();
-        for i in 0..150 {
-            ids.push(
-                publisher
-                    .publish_to("user:hal", &format!("racing {i}"))
-                    .await,
-            );
-            tokio::time::sleep(Duration::from_millis(3)).await;
-        }
-        ids
-    });
+    let racing = publish_in_background(&hub, "user:hal", 150, Duration::from_millis(3));
     // Reconnect over and over, each time from the cursor the rule allows: the highest
     // caught-up id or the head `synced` named (never a live one seen before `synced`).
     let mut cursor = first;
