@@ -35,6 +35,8 @@ build:
 
 test-rust:
 	$(CARGO) test --workspace
+	# The hub's suites once more on PostgreSQL (each test binary starts its own server).
+	BELFRY_TEST_STORE=postgres $(CARGO) test -p belfry-server --test api --test delivery --test security
 
 test-interop:
 	$(CARGO) build -p belfry-server

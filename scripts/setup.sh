@@ -12,9 +12,10 @@ want_tests=0
 apt_packages=(build-essential pkg-config libssl-dev ca-certificates curl
   # Tauri 2 (the tray app)
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev)
-# Tests: the JavaScript client, a headless desktop with a notification daemon, and nginx
-# in front of the hub with the configuration in deploy/nginx/.
-[ "$want_tests" = 1 ] && apt_packages+=(nodejs npm xvfb xauth dbus dbus-x11 dunst libglib2.0-bin webkit2gtk-driver xdg-utils nginx)
+# Tests: the JavaScript client, a headless desktop with a notification daemon, nginx in
+# front of the hub with the configuration in deploy/nginx/, and the PostgreSQL and Redis
+# servers the multi-node tests start for themselves (on ports of their own).
+[ "$want_tests" = 1 ] && apt_packages+=(nodejs npm xvfb xauth dbus dbus-x11 dunst libglib2.0-bin webkit2gtk-driver xdg-utils nginx postgresql redis-server)
 
 missing=()
 for p in "${apt_packages[@]}"; do

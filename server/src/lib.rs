@@ -1,7 +1,7 @@
 //! The Belfry hub: authenticated, durable, real-time notification routing.
 //!
 //! Backends publish over HTTP or the `/publisher` Socket.IO namespace; the hub stores each
-//! notification (SQLite, group commit), then delivers it live to the Socket.IO sockets of
+//! notification (SQLite or PostgreSQL, group commit), then delivers it live to the Socket.IO sockets of
 //! the users allowed to see it; clients that were away catch up from their cursor.
 //!
 //! [`run`] is the whole server: tests call it on port 0, `main.rs` calls it with the
@@ -76,15 +76,28 @@ impl Hub {
         socket::subscriber::register(&state);
         socket::publisher::register(&state);
         let (committed, delivery) = state.spawn_delivery();
+        let head = state.store.head().await?;
+        state.note_head(head);
+        let mut tasks = vec![delivery];
+        let committed = match state.store.dialect() {
+            // One writer assigns every id: its commits go straight to delivery.
+            store::Dialect::Sqlite => committed,
+            // Several nodes may write: deliver what any of them committed, in id order.
+            store::Dialect::Postgres => {
+                let (own, own_rx) = tokio::sync::mpsc::channel(64);
+                let feed = store::feed::run(state.store.clone(), own_rx, committed, head);
+                tasks.push(tokio::spawn(feed));
+                own
+            }
+        };
         let writer = tokio::spawn(writer.run(committed));
-        let pruner = tokio::spawn(retention::run(state.clone()));
-        state.note_head(state.store.head().await?);
+        tasks.push(tokio::spawn(retention::run(state.clone())));
         let receipts_stop = Arc::new(tokio::sync::Notify::new());
         let receipts = tokio::spawn(receipts::run(state.clone(), receipts_stop.clone()));
         Ok(Hub {
             state,
             layer,
-            tasks: vec![delivery, pruner],
+            tasks,
             receipts: (receipts, receipts_stop),
             writer,
         })

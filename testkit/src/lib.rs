@@ -1,13 +1,16 @@
 //! Test support shared by Belfry's suites: the real `belfry-server` binary on a real
 //! loopback port (killable with SIGKILL and restartable on the same port and data dir),
 //! tokens minted by that binary, publishing over its HTTP API, a TCP proxy that injects
-//! network faults, and a headless desktop (Xvfb, D-Bus, dunst) for the tray app.
+//! network faults, PostgreSQL and Redis servers of the test's own, and a headless desktop
+//! (Xvfb, D-Bus, dunst) for the tray app.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod desktop;
 mod proxy;
+mod services;
 
 pub use proxy::FaultProxy;
+pub use services::{Postgres, Redis};
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};

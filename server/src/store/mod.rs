@@ -1,12 +1,17 @@
-//! The durable store: SQLite in WAL mode through sqlx.
+//! The durable store: SQLite in WAL mode (the embedded default) or PostgreSQL (shared by
+//! several hub nodes), through sqlx.
 //!
 //! Reads go through a small connection pool and never block writes. Every write goes
-//! through one [`Writer`] task that owns the only write connection and commits whole
-//! batches of operations in one transaction (group commit); see `writer.rs`.
+//! through one [`Writer`] task per hub that commits whole batches of operations in one
+//! transaction (group commit); see `writer.rs`. With PostgreSQL, [`feed`] hands every
+//! node what any node committed, in id order.
 
+mod db;
+pub mod feed;
 mod rows;
 mod writer;
 
+pub use db::{Dialect, is_postgres};
 pub use writer::{
     AckPoint, Committed, PruneReport, Published, ReadSelection, Writer, WriterHandle,
 };
@@ -17,13 +22,9 @@ pub mod writer_limits {
 }
 
 use belfry_protocol::{Notification, Target};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Row};
+use db::{Conn, Pool, on};
+use rows::StoreRow;
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 use time::OffsetDateTime;
 
 /// Why a store operation failed.
@@ -67,17 +68,27 @@ impl Viewer {
     }
 }
 
-/// Ids visible to a viewer between two bounds. Parameters: ?1 user, ?2 topics (JSON array),
-/// ?3 lower bound (exclusive), ?4 upper bound (inclusive). Each arm is a range scan of the
+/// Ids visible to a viewer between two bounds. Parameters: $1 user, $2 topics (JSON array),
+/// $3 lower bound (exclusive), $4 upper bound (inclusive). Each arm is a range scan of the
 /// targets' primary key.
-pub(crate) const VISIBLE_IDS: &str = "\
-    SELECT notification_id AS id FROM notification_targets \
-        WHERE kind = 0 AND name = ?1 AND notification_id > ?3 AND notification_id <= ?4 \
-    UNION SELECT notification_id FROM notification_targets \
-        WHERE kind = 2 AND name = '' AND notification_id > ?3 AND notification_id <= ?4 \
-    UNION SELECT notification_id FROM notification_targets \
-        WHERE kind = 1 AND name IN (SELECT value FROM json_each(?2)) \
-        AND notification_id > ?3 AND notification_id <= ?4";
+pub(crate) fn visible_ids(dialect: Dialect) -> String {
+    let topics = dialect.json_texts("$2", "topic");
+    format!(
+        "SELECT notification_id AS id FROM notification_targets \
+            WHERE kind = 0 AND name = $1 AND notification_id > $3 AND notification_id <= $4 \
+         UNION SELECT notification_id FROM notification_targets \
+            WHERE kind = 2 AND name = '' AND notification_id > $3 AND notification_id <= $4 \
+         UNION SELECT notification_id FROM notification_targets \
+            WHERE kind = 1 AND name IN (SELECT value FROM {topics}) \
+            AND notification_id > $3 AND notification_id <= $4"
+    )
+}
+
+/// The highest id ever assigned and committed (0 when none).
+pub(crate) async fn head_id(conn: &mut Conn<'_>) -> Result<i64, sqlx::Error> {
+    let sql = conn.dialect().head();
+    on!(conn, c => sqlx::query_scalar(sql).fetch_one(c).await)
+}
 
 /// One page of notifications and whether the store holds more after it.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +107,7 @@ pub type ReceiptRow = (String, Option<OffsetDateTime>, Option<OffsetDateTime>);
 /// The read side of the store, plus the handle to its writer.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
     writer: WriterHandle,
 }
 
@@ -109,38 +120,12 @@ fn clamp_id(id: u64) -> i64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database `belfry.db` in `data_dir`, or at `url`
-    /// when one is given, applies migrations and starts the writer task. The returned
-    /// [`Writer`] must be run (see [`Writer::run`]).
+    /// Opens the store: the database at `url` when one is given (`sqlite://...` or
+    /// `postgres://...`), else `belfry.db` in `data_dir` (created if needed). Applies
+    /// migrations and prepares the writer task. The returned [`Writer`] must be run (see
+    /// [`Writer::run`]).
     pub async fn open(data_dir: &Path, url: Option<&str>) -> Result<(Store, Writer), StoreError> {
-        let options = match url {
-            Some(url) => SqliteConnectOptions::from_str(url)?,
-            // A path, not a URL: a data dir with `?` or `#` in its name stays a path.
-            None => SqliteConnectOptions::new().filename(data_dir.join("belfry.db")),
-        };
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit is on disk before the publisher hears 201. Group commit keeps
-            // this affordable: one fsync per batch, not per notification.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            // Sorting and UNION scratch space in memory: no temporary files, so a hub
-            // short of file descriptors (thousands of sockets) can still write.
-            .pragma("temp_store", "memory")
-            .log_statements(tracing::log::LevelFilter::Trace);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            // Waiting for a read connection is normal under a connect storm (thousands of
-            // catch-ups queue for four connections); at warn level sqlx logs a line per
-            // wait over 2 s, tens of thousands in a reconnect storm of 10,000 clients.
-            .acquire_slow_level(tracing::log::LevelFilter::Debug)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        let conn = options.connect().await?;
+        let (pool, conn) = db::open(data_dir, url).await?;
         let (writer, handle) = Writer::new(conn);
         Ok((
             Store {
@@ -151,6 +136,11 @@ impl Store {
         ))
     }
 
+    /// Which database the store runs on.
+    pub fn dialect(&self) -> Dialect {
+        self.pool.dialect()
+    }
+
     /// The handle that submits writes.
     pub fn writer(&self) -> &WriterHandle {
         &self.writer
@@ -158,7 +148,10 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        match self.pool.acquire().await {
+            Ok(mut c) => c.conn().exec("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// Closes the read pool (the writer closes its connection when its queue ends).
@@ -168,21 +161,20 @@ impl Store {
 
     /// The highest id ever assigned (0 when none).
     pub async fn head(&self) -> Result<u64, StoreError> {
-        let head: i64 = sqlx::query_scalar(
-            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'notifications'), 0)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let mut c = self.pool.acquire().await?;
+        let head = head_id(&mut c.conn()).await?;
         Ok(u64::try_from(head).unwrap_or(0))
     }
 
     /// A user's subscribed topics, sorted.
     pub async fn subscriptions(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let topics =
-            sqlx::query_scalar("SELECT topic FROM subscriptions WHERE user_id = ? ORDER BY topic")
+        let mut c = self.pool.acquire().await?;
+        let topics = on!(&mut c.conn(), c => {
+            sqlx::query_scalar("SELECT topic FROM subscriptions WHERE user_id = $1 ORDER BY topic")
                 .bind(user)
-                .fetch_all(&self.pool)
-                .await?;
+                .fetch_all(c)
+                .await?
+        });
         Ok(topics)
     }
 
@@ -194,28 +186,31 @@ impl Store {
     /// transaction), so no arm can see ids another missed.
     pub async fn page(&self, viewer: &Viewer, after: u64, limit: u32) -> Result<Page, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_read().await?;
+        let mut conn = tx.conn();
         let mut merged = std::collections::BTreeSet::new();
         let mut an_arm_was_full = false;
         for (kind, name) in viewer_targets(viewer) {
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "SELECT notification_id FROM notification_targets \
-                 WHERE kind = ? AND name = ? AND notification_id > ? \
-                 ORDER BY notification_id LIMIT ?",
-            )
-            .bind(kind)
-            .bind(name)
-            .bind(clamp_id(after))
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
+            let ids: Vec<i64> = on!(&mut conn, c => {
+                sqlx::query_scalar(
+                    "SELECT notification_id FROM notification_targets \
+                     WHERE kind = $1 AND name = $2 AND notification_id > $3 \
+                     ORDER BY notification_id LIMIT $4",
+                )
+                .bind(kind)
+                .bind(name)
+                .bind(clamp_id(after))
+                .bind(i64::from(limit))
+                .fetch_all(c)
+                .await?
+            });
             an_arm_was_full |= ids.len() == limit as usize;
             merged.extend(ids);
         }
         let more = an_arm_was_full || merged.len() > limit as usize;
         let ids: Vec<i64> = merged.into_iter().take(limit as usize).collect();
         let last_id = ids.last().map(|&id| id as u64);
-        let notifications = Self::fetch_for(&mut tx, &viewer.user, &ids).await?;
+        let notifications = Self::fetch_for(&mut conn, &viewer.user, &ids).await?;
         tx.commit().await?;
         Ok(Page {
             notifications,
@@ -231,24 +226,28 @@ impl Store {
         viewer: &Viewer,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_read().await?;
+        let mut conn = tx.conn();
         let now = now_ms();
         let mut merged = std::collections::BTreeSet::new();
         for (kind, name) in viewer_targets(viewer) {
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "SELECT t.notification_id FROM notification_targets t \
-                 JOIN notifications n ON n.id = t.notification_id \
-                 LEFT JOIN user_state s ON s.user_id = ? AND s.notification_id = t.notification_id \
-                 WHERE t.kind = ? AND t.name = ? AND s.read_at IS NULL AND n.expires_at > ? \
-                 ORDER BY t.notification_id DESC LIMIT ?",
-            )
-            .bind(&viewer.user)
-            .bind(kind)
-            .bind(name)
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
+            let ids: Vec<i64> = on!(&mut conn, c => {
+                sqlx::query_scalar(
+                    "SELECT t.notification_id FROM notification_targets t \
+                     JOIN notifications n ON n.id = t.notification_id \
+                     LEFT JOIN user_state s ON s.user_id = $1 \
+                        AND s.notification_id = t.notification_id \
+                     WHERE t.kind = $2 AND t.name = $3 AND s.read_at IS NULL AND n.expires_at > $4 \
+                     ORDER BY t.notification_id DESC LIMIT $5",
+                )
+                .bind(&viewer.user)
+                .bind(kind)
+                .bind(name)
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(c)
+                .await?
+            });
             merged.extend(ids);
         }
         let newest: Vec<i64> = merged
@@ -257,14 +256,14 @@ impl Store {
             .take(limit as usize)
             .rev()
             .collect();
-        let out = Self::fetch_for(&mut tx, &viewer.user, &newest).await?;
+        let out = Self::fetch_for(&mut conn, &viewer.user, &newest).await?;
         tx.commit().await?;
         Ok(out)
     }
 
     /// Full rows for `ids` (ascending), without expired ones, with `user`'s read state.
     async fn fetch_for(
-        conn: &mut sqlx::SqliteConnection,
+        conn: &mut Conn<'_>,
         user: &str,
         ids: &[i64],
     ) -> Result<Vec<Notification>, StoreError> {
@@ -272,31 +271,38 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {cols}, s.read_at FROM json_each(?1) j JOIN notifications n ON n.id = j.value \
-             LEFT JOIN user_state s ON s.user_id = ?2 AND s.notification_id = n.id \
-             WHERE n.expires_at > ?3 ORDER BY n.id",
-            cols = rows::COLUMNS
+            "SELECT {cols}, s.read_at FROM {ids} \
+             JOIN notifications n ON n.id = CAST(j.value AS BIGINT) \
+             LEFT JOIN user_state s ON s.user_id = $2 AND s.notification_id = n.id \
+             WHERE n.expires_at > $3 ORDER BY n.id",
+            cols = rows::COLUMNS,
+            ids = conn.dialect().json_texts("$1", "j"),
         );
         let ids_json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-        sqlx::query(&sql)
-            .bind(ids_json)
-            .bind(user)
-            .bind(now_ms())
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|r| rows::notification(r).map_err(StoreError::from))
-            .collect()
+        let notifications = on!(conn, c => {
+            sqlx::query(&sql)
+                .bind(ids_json)
+                .bind(user)
+                .bind(now_ms())
+                .fetch_all(c)
+                .await?
+                .iter()
+                .map(rows::notification)
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(notifications)
     }
 
     /// Whether a notification exists (and has not expired).
     pub async fn exists(&self, id: u64) -> Result<bool, StoreError> {
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM notifications WHERE id = ? AND expires_at > ?")
+        let mut c = self.pool.acquire().await?;
+        let found: Option<i64> = on!(&mut c.conn(), c => {
+            sqlx::query_scalar("SELECT id FROM notifications WHERE id = $1 AND expires_at > $2")
                 .bind(clamp_id(id))
                 .bind(now_ms())
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(c)
+                .await?
+        });
         Ok(found.is_some())
     }
 
@@ -306,23 +312,27 @@ impl Store {
         if !self.exists(id).await? {
             return Ok(None);
         }
-        let rows = sqlx::query(
-            "SELECT t.name AS user_id, s.delivered_at, s.read_at FROM notification_targets t \
-               LEFT JOIN user_state s ON s.user_id = t.name AND s.notification_id = t.notification_id \
-               WHERE t.notification_id = ?1 AND t.kind = 0 \
-             UNION \
-             SELECT s.user_id, s.delivered_at, s.read_at FROM user_state s \
-               WHERE s.notification_id = ?1 \
-             ORDER BY user_id",
-        )
-        .bind(clamp_id(id))
-        .fetch_all(&self.pool)
-        .await?;
+        let mut c = self.pool.acquire().await?;
+        let rows: Vec<(String, Option<i64>, Option<i64>)> = on!(&mut c.conn(), c => {
+            sqlx::query(
+                "SELECT t.name AS user_id, s.delivered_at, s.read_at FROM notification_targets t \
+                   LEFT JOIN user_state s \
+                     ON s.user_id = t.name AND s.notification_id = t.notification_id \
+                   WHERE t.notification_id = $1 AND t.kind = 0 \
+                 UNION \
+                 SELECT s.user_id, s.delivered_at, s.read_at FROM user_state s \
+                   WHERE s.notification_id = $1 \
+                 ORDER BY user_id",
+            )
+            .bind(clamp_id(id))
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|r| Ok((r.text("user_id")?, r.opt_int("delivered_at")?, r.opt_int("read_at")?)))
+            .collect::<Result<_, sqlx::Error>>()?
+        });
         let mut out: Vec<ReceiptRow> = Vec::with_capacity(rows.len());
-        for row in rows {
-            let user: String = row.try_get("user_id")?;
-            let delivered: Option<i64> = row.try_get("delivered_at")?;
-            let read: Option<i64> = row.try_get("read_at")?;
+        for (user, delivered, read) in rows {
             // A named user who also has a state row appears twice in the union (once with
             // nulls only if the left join found nothing, which it did not): keep one.
             if out.last().is_some_and(|(u, _, _)| *u == user) {
@@ -332,6 +342,63 @@ impl Store {
         }
         Ok(Some(out))
     }
+
+    /// Committed notifications with id > `after`, ascending, at most `limit`, with their
+    /// targets: what [`feed`] hands to delivery. One statement, so one snapshot.
+    async fn committed_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(Notification, Vec<Target>)>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let mut conn = c.conn();
+        let targets = match conn.dialect() {
+            Dialect::Sqlite => {
+                "(SELECT json_group_array(json_array(t.kind, t.name)) FROM notification_targets t \
+                  WHERE t.notification_id = n.id)"
+            }
+            Dialect::Postgres => {
+                "(SELECT CAST(json_agg(json_build_array(t.kind, t.name)) AS text) \
+                  FROM notification_targets t WHERE t.notification_id = n.id)"
+            }
+        };
+        let sql = format!(
+            "SELECT {cols}, {targets} AS targets FROM notifications n \
+             WHERE n.id > $1 ORDER BY n.id LIMIT $2",
+            cols = rows::COLUMNS
+        );
+        let out = on!(&mut conn, c => {
+            sqlx::query(&sql)
+                .bind(clamp_id(after))
+                .bind(i64::from(limit))
+                .fetch_all(c)
+                .await?
+                .iter()
+                .map(|r| {
+                    let keys: Vec<(i64, String)> = r
+                        .opt_text("targets")?
+                        .map(|t: String| serde_json::from_str(&t))
+                        .transpose()
+                        .map_err(|e| sqlx::Error::ColumnDecode {
+                            index: "targets".into(),
+                            source: Box::new(e),
+                        })?
+                        .unwrap_or_default();
+                    let targets = keys.into_iter().filter_map(|(k, n)| target_of(k, n)).collect();
+                    Ok((rows::notification(r)?, targets))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(out)
+    }
+
+    #[cfg(test)]
+    fn sqlite_pool(&self) -> &sqlx::SqlitePool {
+        match &self.pool {
+            Pool::Sqlite(p) => p,
+            Pool::Postgres(_) => panic!("not an SQLite store"),
+        }
+    }
 }
 
 /// The `(kind, name)` target keys whose notifications `viewer` sees.
@@ -339,6 +406,16 @@ fn viewer_targets(viewer: &Viewer) -> impl Iterator<Item = (i64, &str)> {
     [(0, viewer.user.as_str()), (2, "")]
         .into_iter()
         .chain(viewer.topics.iter().map(|t| (1, t.as_str())))
+}
+
+/// The target stored as `(kind, name)`.
+fn target_of(kind: i64, name: String) -> Option<Target> {
+    match kind {
+        0 => Some(Target::User(name)),
+        1 => Some(Target::Topic(name)),
+        2 => Some(Target::All),
+        _ => None,
+    }
 }
 
 /// Maps a target to its `(kind, name)` columns.
@@ -353,6 +430,8 @@ pub(crate) fn target_key(target: &Target) -> (i64, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Row;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
     /// A database written by a hub from before user state was keyed by notification keeps
     /// its delivery and read times, and lookups use the new key.
@@ -366,7 +445,7 @@ mod tests {
             .connect_with(options)
             .await
             .expect("old database");
-        let mut before = sqlx::migrate!("./migrations");
+        let mut before = sqlx::migrate!("./migrations/sqlite");
         before.migrations = before
             .migrations
             .iter()
@@ -406,7 +485,7 @@ mod tests {
         )
         .bind("alice")
         .bind(7_i64)
-        .fetch_all(&store.pool)
+        .fetch_all(store.sqlite_pool())
         .await
         .expect("plan")
         .iter()

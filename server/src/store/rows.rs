@@ -1,9 +1,36 @@
 //! Mapping between stored rows and wire notifications.
 
 use belfry_protocol::{Notification, Priority};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::{ColumnIndex, Decode, Row, Type};
 use time::OffsetDateTime;
+
+/// A row of either database that the store can read notifications from.
+pub(crate) trait StoreRow {
+    fn int(&self, col: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn text(&self, col: &str) -> Result<String, sqlx::Error>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
+}
+
+impl<R: Row> StoreRow for R
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(col)
+    }
+}
 
 /// The notification columns, in the order [`notification`] reads them (by name).
 pub(crate) const COLUMNS: &str = "n.id, n.event, n.title, n.body, n.priority, n.tags, n.url, \
@@ -19,10 +46,10 @@ pub(crate) fn from_ms(ms: i64) -> OffsetDateTime {
 }
 
 fn json_column<T: serde::de::DeserializeOwned>(
-    row: &SqliteRow,
+    row: &impl StoreRow,
     col: &str,
 ) -> Result<T, sqlx::Error> {
-    let text: String = row.try_get(col)?;
+    let text = row.text(col)?;
     serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
         index: col.to_owned(),
         source: Box::new(e),
@@ -30,26 +57,26 @@ fn json_column<T: serde::de::DeserializeOwned>(
 }
 
 /// Reads a notification from a row with [`COLUMNS`] and an optional `read_at`.
-pub(crate) fn notification(row: &SqliteRow) -> Result<Notification, sqlx::Error> {
-    let id: i64 = row.try_get("id")?;
-    let priority: i64 = row.try_get("priority")?;
-    let read_at: Option<i64> = row.try_get("read_at").unwrap_or(None);
+pub(crate) fn notification(row: &impl StoreRow) -> Result<Notification, sqlx::Error> {
+    let id = row.int("id")?;
+    let priority = row.int("priority")?;
+    let read_at = row.opt_int("read_at").unwrap_or(None);
     Ok(Notification {
         id: u64::try_from(id).unwrap_or(0),
-        event: row.try_get("event")?,
-        title: row.try_get("title")?,
-        body: row.try_get("body")?,
+        event: row.text("event")?,
+        title: row.text("title")?,
+        body: row.text("body")?,
         priority: u8::try_from(priority)
             .ok()
             .and_then(Priority::from_level)
             .unwrap_or_default(),
         tags: json_column(row, "tags")?,
-        url: row.try_get("url")?,
+        url: row.opt_text("url")?,
         actions: json_column(row, "actions")?,
         data: json_column(row, "data")?,
-        topic: row.try_get("topic")?,
-        created_at: from_ms(row.try_get("created_at")?),
-        expires_at: from_ms(row.try_get("expires_at")?),
+        topic: row.opt_text("topic")?,
+        created_at: from_ms(row.int("created_at")?),
+        expires_at: from_ms(row.int("expires_at")?),
         read: read_at.is_some(),
     })
 }

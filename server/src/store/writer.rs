@@ -5,11 +5,17 @@
 //! owns the write connection. It takes every operation waiting in its queue (up to
 //! [`MAX_BATCH`]), applies each inside its own savepoint (one bad operation never spoils
 //! the others), commits once, and only then answers. Committed notifications are handed
-//! to delivery in id order, which is commit order, because only this task assigns ids.
+//! on in id order, which is commit order, because only this task assigns ids.
+//!
+//! With PostgreSQL, every node has a writer like this one. A batch that publishes first
+//! locks the one-row `notification_head` table and takes each id from it, so batches
+//! that publish commit one after another across all nodes, in id order: a reader that
+//! sees id n committed also sees every smaller id that will ever be committed. Cursors
+//! stay gap-free with any number of writers (see `feed.rs` for how nodes deliver).
 
-use super::{StoreError, VISIBLE_IDS, Viewer, now_ms, rows, target_key};
+use super::db::{Conn, Dialect, WriteConn, on};
+use super::{StoreError, Viewer, feed, head_id, now_ms, rows, target_key, visible_ids};
 use belfry_protocol::{Notification, Target, TopicPatterns, ValidPublish};
-use sqlx::{Connection, SqliteConnection};
 use std::time::Instant;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -168,7 +174,7 @@ pub struct WriterHandle {
 /// The writer task's state: its connection and queue. Run it with [`Writer::run`].
 #[derive(Debug)]
 pub struct Writer {
-    conn: SqliteConnection,
+    conn: WriteConn,
     rx: mpsc::Receiver<Op>,
 }
 
@@ -281,32 +287,71 @@ fn id_param(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
-/// Marks delivered what a batch of ack points covers: `?1` the points as JSON
-/// (`[{"u": user, "f": from, "t": to, "p": [visible topics]}]`), `?2` the time.
+/// Marks delivered what a batch of ack points covers: `$1` the points as JSON
+/// (`[{"u": user, "f": from, "t": to, "p": [visible topics]}]`), `$2` the time.
 ///
 /// One indexed range per point and target kind (the primary key is kind, name, id).
 /// CROSS JOIN keeps the points as the outer loop: left to itself, SQLite scanned every
 /// stored target once per point (a test checks the plan).
-const MARK_ACKED: &str = "WITH a AS (SELECT value ->> '$.u' AS u, value ->> '$.f' AS f, \
-                       value ->> '$.t' AS t, value -> '$.p' AS p FROM json_each(?1)) \
-     INSERT INTO user_state (user_id, notification_id, delivered_at) \
-     SELECT u, id, ?2 FROM ( \
-       SELECT a.u AS u, n.notification_id AS id FROM a CROSS JOIN notification_targets n \
-         WHERE n.kind = 0 AND n.name = a.u \
-           AND n.notification_id > a.f AND n.notification_id <= a.t \
-       UNION SELECT a.u, n.notification_id FROM a CROSS JOIN notification_targets n \
-         WHERE n.kind = 2 AND n.name = '' \
-           AND n.notification_id > a.f AND n.notification_id <= a.t \
-       UNION SELECT a.u, n.notification_id FROM a CROSS JOIN json_each(a.p) AS topic \
-         CROSS JOIN notification_targets n \
-         WHERE n.kind = 1 AND n.name = topic.value \
-           AND n.notification_id > a.f AND n.notification_id <= a.t) \
-     WHERE true \
-     ON CONFLICT (user_id, notification_id) DO UPDATE \
-     SET delivered_at = excluded.delivered_at WHERE delivered_at IS NULL";
+fn mark_acked(dialect: Dialect) -> String {
+    let points = dialect.json_values("$1", "point");
+    let topics = dialect.json_texts("a.p", "topic");
+    format!(
+        "WITH a AS (SELECT value ->> 'u' AS u, CAST(value ->> 'f' AS BIGINT) AS f, \
+                    CAST(value ->> 't' AS BIGINT) AS t, value -> 'p' AS p FROM {points}) \
+         INSERT INTO user_state (user_id, notification_id, delivered_at) \
+         SELECT u, id, $2 FROM ( \
+           SELECT a.u AS u, n.notification_id AS id FROM a CROSS JOIN notification_targets n \
+             WHERE n.kind = 0 AND n.name = a.u \
+               AND n.notification_id > a.f AND n.notification_id <= a.t \
+           UNION SELECT a.u, n.notification_id FROM a CROSS JOIN notification_targets n \
+             WHERE n.kind = 2 AND n.name = '' \
+               AND n.notification_id > a.f AND n.notification_id <= a.t \
+           UNION SELECT a.u, n.notification_id FROM a CROSS JOIN {topics} \
+             CROSS JOIN notification_targets n \
+             WHERE n.kind = 1 AND n.name = topic.value \
+               AND n.notification_id > a.f AND n.notification_id <= a.t) AS marked \
+         WHERE true \
+         ON CONFLICT (user_id, notification_id) DO UPDATE \
+         SET delivered_at = excluded.delivered_at WHERE user_state.delivered_at IS NULL"
+    )
+}
+
+/// Raises the acking users' watermarks: `$1` the points as in [`mark_acked`].
+fn raise_ack_watermarks(dialect: Dialect) -> String {
+    let points = dialect.json_values("$1", "point");
+    format!(
+        "INSERT INTO users (user_id, acked_up_to) \
+         SELECT value ->> 'u', max(CAST(value ->> 't' AS BIGINT)) FROM {points} \
+         WHERE true GROUP BY value ->> 'u' \
+         ON CONFLICT (user_id) DO UPDATE SET acked_up_to = CASE \
+           WHEN excluded.acked_up_to > users.acked_up_to THEN excluded.acked_up_to \
+           ELSE users.acked_up_to END"
+    )
+}
+
+/// Stores a notification and returns its id. `$1` to `$11`: the columns after `id`.
+fn insert_notification(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "INSERT INTO notifications \
+             (event, title, body, priority, tags, url, actions, data, topic, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id"
+        }
+        // The head row is locked until the commit (see the module's documentation); the
+        // savepoint of a failed publish puts it back, so ids stay dense.
+        Dialect::Postgres => {
+            "WITH head AS (UPDATE notification_head SET id = id + 1 RETURNING id) \
+             INSERT INTO notifications \
+             (id, event, title, body, priority, tags, url, actions, data, topic, created_at, \
+              expires_at) \
+             SELECT head.id, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM head RETURNING id"
+        }
+    }
+}
 
 impl Writer {
-    pub(super) fn new(conn: SqliteConnection) -> (Writer, WriterHandle) {
+    pub(super) fn new(conn: WriteConn) -> (Writer, WriterHandle) {
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH);
         (Writer { conn, rx }, WriterHandle { tx })
     }
@@ -349,33 +394,42 @@ impl Writer {
         }
     }
 
-    async fn exec(&mut self, sql: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(sql).execute(&mut self.conn).await.map(drop)
-    }
-
     async fn commit(&mut self, batch: Vec<Op>) -> (Vec<Outcome>, Vec<Committed>) {
+        let dialect = self.conn.dialect();
+        let publishes = batch.iter().any(|op| matches!(op, Op::Publish { .. }));
+        let mut held = match self.conn.hold().await {
+            Ok(held) => held,
+            Err(e) => return refuse(batch, "cannot reach the database", &e),
+        };
+        let mut conn = held.conn();
+        if let Err(e) = conn.exec(dialect.begin_write()).await {
+            return refuse(batch, "cannot begin a write transaction", &e);
+        }
+        if publishes
+            && dialect == Dialect::Postgres
+            // Before any idempotency lookup: publishes of all nodes take turns from here,
+            // so a key repeated on two nodes at once is stored once.
+            && let Err(e) = conn
+                .exec("SELECT id FROM notification_head FOR UPDATE")
+                .await
+        {
+            let _ = conn.exec("ROLLBACK").await;
+            return refuse(batch, "cannot lock the notification ids", &e);
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut notes = Vec::new();
-        if let Err(e) = self.exec("BEGIN IMMEDIATE").await {
-            tracing::error!(error = %e, "cannot begin a write transaction");
-            let why = e.to_string();
-            for op in batch {
-                outcomes.push(Self::placeholder(op).fail(&why));
-            }
-            return (outcomes, notes);
-        }
         let mut ops = batch.into_iter();
         while let Some(op) = ops.next() {
-            if let Err(e) = self.exec("SAVEPOINT op").await {
+            if let Err(e) = conn.exec("SAVEPOINT op").await {
                 outcomes.push(Self::placeholder(op));
-                return self.abandon(outcomes, ops, &e.to_string()).await;
+                return abandon(&mut conn, outcomes, ops, &e.to_string()).await;
             }
-            let (outcome, note) = self.apply(op).await;
+            let (outcome, note) = Self::apply(&mut conn, op).await;
             let undo = if outcome.is_ok() {
-                self.exec("RELEASE op").await
+                conn.exec("RELEASE op").await
             } else {
-                match self.exec("ROLLBACK TO op").await {
-                    Ok(()) => self.exec("RELEASE op").await,
+                match conn.exec("ROLLBACK TO op").await {
+                    Ok(()) => conn.exec("RELEASE op").await,
                     Err(e) => Err(e),
                 }
             };
@@ -384,13 +438,19 @@ impl Writer {
                 // SQLite may have rolled back the whole transaction by itself (disk full,
                 // I/O error): carrying on would commit later operations one by one while
                 // reporting them failed. Refuse the whole batch instead.
-                return self.abandon(outcomes, ops, &e.to_string()).await;
+                return abandon(&mut conn, outcomes, ops, &e.to_string()).await;
             }
             notes.extend(note);
         }
-        if let Err(e) = self.exec("COMMIT").await {
+        if !notes.is_empty()
+            && dialect == Dialect::Postgres
+            && let Err(e) = conn.exec(feed::NOTIFY_COMMITTED).await
+        {
+            return abandon(&mut conn, outcomes, ops, &e.to_string()).await;
+        }
+        if let Err(e) = conn.exec("COMMIT").await {
             tracing::error!(error = %e, "commit failed; the whole batch is refused");
-            let _ = self.exec("ROLLBACK").await;
+            let _ = conn.exec("ROLLBACK").await;
             let why = e.to_string();
             return (
                 outcomes.into_iter().map(|o| o.fail(&why)).collect(),
@@ -398,23 +458,6 @@ impl Writer {
             );
         }
         (outcomes, notes)
-    }
-
-    /// Rolls back and refuses every operation of the batch: those applied, and the rest.
-    async fn abandon(
-        &mut self,
-        applied: Vec<Outcome>,
-        rest: impl Iterator<Item = Op>,
-        why: &str,
-    ) -> (Vec<Outcome>, Vec<Committed>) {
-        tracing::error!(error = %why, "write transaction failed; the whole batch is refused");
-        let _ = self.exec("ROLLBACK").await;
-        let outcomes = applied
-            .into_iter()
-            .chain(rest.map(Self::placeholder))
-            .map(|o| o.fail(why))
-            .collect();
-        (outcomes, Vec::new())
     }
 
     /// An outcome that only carries the reply channel, for operations never applied.
@@ -436,14 +479,14 @@ impl Writer {
         }
     }
 
-    async fn apply(&mut self, op: Op) -> (Outcome, Option<Committed>) {
+    async fn apply(conn: &mut Conn<'_>, op: Op) -> (Outcome, Option<Committed>) {
         match op {
             Op::Publish {
                 req,
                 ttl_secs,
                 received,
                 reply,
-            } => match self.publish(&req, ttl_secs).await {
+            } => match publish(conn, &req, ttl_secs).await {
                 Ok((published, notification)) => {
                     let note = notification.map(|notification| Committed {
                         notification,
@@ -455,7 +498,7 @@ impl Writer {
                 Err(e) => (Outcome::Publish(reply, Err(e.into())), None),
             },
             Op::Acks { points, reply } => (
-                Outcome::Count(reply, self.ack(points).await.map_err(Into::into)),
+                Outcome::Count(reply, ack(conn, points).await.map_err(Into::into)),
                 None,
             ),
             Op::Read {
@@ -465,7 +508,7 @@ impl Writer {
             } => (
                 Outcome::Count(
                     reply,
-                    self.read(&viewer, &selection).await.map_err(Into::into),
+                    read(conn, &viewer, &selection).await.map_err(Into::into),
                 ),
                 None,
             ),
@@ -475,28 +518,30 @@ impl Writer {
                 max,
                 reply,
             } => (
-                Outcome::Flag(reply, self.subscribe(&user, &topic, max).await),
+                Outcome::Flag(reply, subscribe(conn, &user, &topic, max).await),
                 None,
             ),
             Op::Unsubscribe { user, topic, reply } => {
-                let r = sqlx::query("DELETE FROM subscriptions WHERE user_id = ? AND topic = ?")
-                    .bind(&user)
-                    .bind(&topic)
-                    .execute(&mut self.conn)
-                    .await
-                    .map(|r| r.rows_affected() > 0)
-                    .map_err(Into::into);
+                let r = on!(conn, c => {
+                    sqlx::query("DELETE FROM subscriptions WHERE user_id = $1 AND topic = $2")
+                        .bind(&user)
+                        .bind(&topic)
+                        .execute(c)
+                        .await
+                        .map(|r| r.rows_affected() > 0)
+                        .map_err(Into::into)
+                });
                 (Outcome::Flag(reply, r), None)
             }
             Op::Prune {
                 max_per_target,
                 reply,
             } => (
-                Outcome::Prune(reply, self.prune(max_per_target).await.map_err(Into::into)),
+                Outcome::Prune(reply, prune(conn, max_per_target).await.map_err(Into::into)),
                 None,
             ),
             Op::Ping { reply } => {
-                let r = self
+                let r = conn
                     .exec("SELECT 1")
                     .await
                     .map(|()| true)
@@ -506,329 +551,391 @@ impl Writer {
             close @ Op::Close(_) => (Self::placeholder(close), None),
         }
     }
+}
 
-    async fn publish(
-        &mut self,
-        req: &ValidPublish,
-        ttl_secs: u64,
-    ) -> Result<(Published, Option<Notification>), sqlx::Error> {
-        let now = now_ms();
-        if let Some(key) = &req.idempotency_key {
-            let seen: Option<(i64, i64)> = sqlx::query_as(
+/// Refuses a whole batch that could not start.
+fn refuse(batch: Vec<Op>, what: &str, e: &sqlx::Error) -> (Vec<Outcome>, Vec<Committed>) {
+    tracing::error!(error = %e, "{what}; the batch is refused");
+    let why = e.to_string();
+    let outcomes = batch
+        .into_iter()
+        .map(|op| Writer::placeholder(op).fail(&why))
+        .collect();
+    (outcomes, Vec::new())
+}
+
+/// Rolls back and refuses every operation of the batch: those applied, and the rest.
+async fn abandon(
+    conn: &mut Conn<'_>,
+    applied: Vec<Outcome>,
+    rest: impl Iterator<Item = Op>,
+    why: &str,
+) -> (Vec<Outcome>, Vec<Committed>) {
+    tracing::error!(error = %why, "write transaction failed; the whole batch is refused");
+    let _ = conn.exec("ROLLBACK").await;
+    let outcomes = applied
+        .into_iter()
+        .chain(rest.map(Writer::placeholder))
+        .map(|o| o.fail(why))
+        .collect();
+    (outcomes, Vec::new())
+}
+
+async fn publish(
+    conn: &mut Conn<'_>,
+    req: &ValidPublish,
+    ttl_secs: u64,
+) -> Result<(Published, Option<Notification>), sqlx::Error> {
+    let now = now_ms();
+    if let Some(key) = &req.idempotency_key {
+        let seen: Option<(i64, i64)> = on!(conn, c => {
+            sqlx::query_as(
                 "SELECT notification_id, created_at FROM idempotency_keys \
-                 WHERE key = ? AND created_at > ?",
+                 WHERE key = $1 AND created_at > $2",
             )
             .bind(key)
             .bind(now - IDEMPOTENCY_WINDOW_MS)
-            .fetch_optional(&mut self.conn)
-            .await?;
-            if let Some((id, created)) = seen {
-                let published = Published {
-                    id: u64::try_from(id).unwrap_or(0),
-                    created_at: rows::from_ms(created),
-                    duplicate: true,
-                };
-                return Ok((published, None));
-            }
+            .fetch_optional(c)
+            .await?
+        });
+        if let Some((id, created)) = seen {
+            let published = Published {
+                id: u64::try_from(id).unwrap_or(0),
+                created_at: rows::from_ms(created),
+                duplicate: true,
+            };
+            return Ok((published, None));
         }
-        let ttl_ms = i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let expires = now.saturating_add(ttl_ms);
-        let tags = json_text(&req.tags);
-        let actions = json_text(&req.actions);
-        let data = json_text(&req.data);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO notifications \
-             (event, title, body, priority, tags, url, actions, data, topic, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&req.event)
-        .bind(&req.title)
-        .bind(&req.body)
-        .bind(i64::from(req.priority.level()))
-        .bind(&tags)
-        .bind(&req.url)
-        .bind(&actions)
-        .bind(&data)
-        .bind(req.topic())
-        .bind(now)
-        .bind(expires)
-        .fetch_one(&mut self.conn)
-        .await?;
-        for target in &req.targets {
-            let (kind, name) = target_key(target);
+    }
+    let ttl_ms = i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let expires = now.saturating_add(ttl_ms);
+    let tags = json_text(&req.tags);
+    let actions = json_text(&req.actions);
+    let data = json_text(&req.data);
+    let insert = insert_notification(conn.dialect());
+    let id: i64 = on!(conn, c => {
+        sqlx::query_scalar(insert)
+            .bind(&req.event)
+            .bind(&req.title)
+            .bind(&req.body)
+            .bind(i64::from(req.priority.level()))
+            .bind(&tags)
+            .bind(&req.url)
+            .bind(&actions)
+            .bind(&data)
+            .bind(req.topic())
+            .bind(now)
+            .bind(expires)
+            .fetch_one(c)
+            .await?
+    });
+    for target in &req.targets {
+        let (kind, name) = target_key(target);
+        on!(conn, c => {
             sqlx::query(
-                "INSERT INTO notification_targets (kind, name, notification_id) VALUES (?, ?, ?)",
+                "INSERT INTO notification_targets (kind, name, notification_id) \
+                 VALUES ($1, $2, $3)",
             )
             .bind(kind)
             .bind(name)
             .bind(id)
-            .execute(&mut self.conn)
+            .execute(c)
             .await?;
-        }
-        if let Some(key) = &req.idempotency_key {
+        });
+    }
+    if let Some(key) = &req.idempotency_key {
+        on!(conn, c => {
             sqlx::query(
-                "INSERT OR REPLACE INTO idempotency_keys (key, notification_id, created_at) \
-                 VALUES (?, ?, ?)",
+                "INSERT INTO idempotency_keys (key, notification_id, created_at) \
+                 VALUES ($1, $2, $3) \
+                 ON CONFLICT (key) DO UPDATE \
+                 SET notification_id = excluded.notification_id, created_at = excluded.created_at",
             )
             .bind(key)
             .bind(id)
             .bind(now)
-            .execute(&mut self.conn)
+            .execute(c)
             .await?;
-        }
-        let created_at = rows::from_ms(now);
-        let notification = Notification {
-            id: u64::try_from(id).unwrap_or(0),
-            event: req.event.clone(),
-            title: req.title.clone(),
-            body: req.body.clone(),
-            priority: req.priority,
-            tags: req.tags.clone(),
-            url: req.url.clone(),
-            actions: req.actions.clone(),
-            data: req.data.clone(),
-            topic: req.topic().map(str::to_owned),
-            created_at,
-            expires_at: rows::from_ms(expires),
-            read: false,
-        };
-        let published = Published {
-            id: notification.id,
-            created_at,
-            duplicate: false,
-        };
-        Ok((published, Some(notification)))
+        });
     }
+    let created_at = rows::from_ms(now);
+    let notification = Notification {
+        id: u64::try_from(id).unwrap_or(0),
+        event: req.event.clone(),
+        title: req.title.clone(),
+        body: req.body.clone(),
+        priority: req.priority,
+        tags: req.tags.clone(),
+        url: req.url.clone(),
+        actions: req.actions.clone(),
+        data: req.data.clone(),
+        topic: req.topic().map(str::to_owned),
+        created_at,
+        expires_at: rows::from_ms(expires),
+        read: false,
+    };
+    let published = Published {
+        id: notification.id,
+        created_at,
+        duplicate: false,
+    };
+    Ok((published, Some(notification)))
+}
 
-    async fn head(&mut self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'notifications'), 0)",
-        )
-        .fetch_one(&mut self.conn)
-        .await
-    }
-
-    /// Records delivery receipts for many acks at once, in five statements however many
-    /// there are (one statement per ack kept the writer busy for seconds after every
-    /// publish to everyone, and publishes queued behind it). A user's points apply in
-    /// ascending order, each from where the one before left the watermark, so each marks
-    /// what its device's patterns may see. Returns how many points moved a watermark.
-    async fn ack(&mut self, mut points: Vec<AckPoint>) -> Result<u64, sqlx::Error> {
-        // Never move a watermark past what exists, or later notifications would be
-        // skipped by the next ack.
-        let head = self.head().await?;
-        points.sort_by(|a, b| a.user.cmp(&b.user).then(a.up_to.cmp(&b.up_to)));
-        let users: Vec<&str> = points.iter().map(|p| p.user.as_str()).collect();
-        let users_json = serde_json::to_string(&users).unwrap_or_else(|_| "[]".into());
-        // The watermarks and topics of every user in the batch, read on the writer's own
-        // connection: acks come by the thousand after a fan-out and must not queue for
-        // the read pool.
-        let marks: std::collections::HashMap<String, i64> = sqlx::query_as(
-            "SELECT user_id, acked_up_to FROM users \
-             WHERE user_id IN (SELECT value FROM json_each(?))",
-        )
+/// Records delivery receipts for many acks at once, in five statements however many
+/// there are (one statement per ack kept the writer busy for seconds after every
+/// publish to everyone, and publishes queued behind it). A user's points apply in
+/// ascending order, each from where the one before left the watermark, so each marks
+/// what its device's patterns may see. Returns how many points moved a watermark.
+async fn ack(conn: &mut Conn<'_>, mut points: Vec<AckPoint>) -> Result<u64, sqlx::Error> {
+    let dialect = conn.dialect();
+    // Never move a watermark past what exists, or later notifications would be
+    // skipped by the next ack.
+    let head = head_id(conn).await?;
+    points.sort_by(|a, b| a.user.cmp(&b.user).then(a.up_to.cmp(&b.up_to)));
+    let users: Vec<&str> = points.iter().map(|p| p.user.as_str()).collect();
+    let users_json = serde_json::to_string(&users).unwrap_or_else(|_| "[]".into());
+    let users_in = dialect.json_texts("$1", "u");
+    // The watermarks and topics of every user in the batch, read on the writer's own
+    // connection: acks come by the thousand after a fan-out and must not queue for
+    // the read pool.
+    let marks: std::collections::HashMap<String, i64> = on!(conn, c => {
+        sqlx::query_as(&format!(
+            "SELECT user_id, acked_up_to FROM users WHERE user_id IN (SELECT value FROM {users_in})"
+        ))
         .bind(&users_json)
-        .fetch_all(&mut self.conn)
+        .fetch_all(c)
         .await?
         .into_iter()
-        .collect();
-        let mut topics: std::collections::HashMap<String, Vec<String>> =
-            std::collections::HashMap::new();
-        let rows: Vec<(String, String)> = sqlx::query_as(
+        .collect()
+    });
+    let mut topics: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::new();
+    let rows: Vec<(String, String)> = on!(conn, c => {
+        sqlx::query_as(&format!(
             "SELECT user_id, topic FROM subscriptions \
-             WHERE user_id IN (SELECT value FROM json_each(?))",
-        )
+             WHERE user_id IN (SELECT value FROM {users_in})"
+        ))
         .bind(&users_json)
-        .fetch_all(&mut self.conn)
-        .await?;
-        for (user, topic) in rows {
-            topics.entry(user).or_default().push(topic);
+        .fetch_all(c)
+        .await?
+    });
+    for (user, topic) in rows {
+        topics.entry(user).or_default().push(topic);
+    }
+    // Each point's range (from, to] and the topics its device sees.
+    let mut ranges = Vec::with_capacity(points.len());
+    let mut last: Option<(&str, i64)> = None;
+    for p in &points {
+        let from = match last {
+            Some((user, mark)) if user == p.user => mark,
+            _ => marks.get(&p.user).copied().unwrap_or(0),
+        };
+        let to = id_param(p.up_to).min(head);
+        if to <= from {
+            last = Some((&p.user, from));
+            continue;
         }
-        // Each point's range (from, to] and the topics its device sees.
-        let mut ranges = Vec::with_capacity(points.len());
-        let mut last: Option<(&str, i64)> = None;
-        for p in &points {
-            let from = match last {
-                Some((user, mark)) if user == p.user => mark,
-                _ => marks.get(&p.user).copied().unwrap_or(0),
-            };
-            let to = id_param(p.up_to).min(head);
-            if to <= from {
-                last = Some((&p.user, from));
-                continue;
-            }
-            let visible: Vec<&String> = topics
-                .get(&p.user)
-                .into_iter()
-                .flatten()
-                .filter(|t| p.allowed.allows(t))
-                .collect();
-            ranges.push(serde_json::json!({"u": p.user, "f": from, "t": to, "p": visible}));
-            last = Some((&p.user, to));
-        }
-        if ranges.is_empty() {
-            return Ok(0);
-        }
-        let ranges_json = serde_json::to_string(&ranges).unwrap_or_else(|_| "[]".into());
-        sqlx::query(MARK_ACKED)
+        let visible: Vec<&String> = topics
+            .get(&p.user)
+            .into_iter()
+            .flatten()
+            .filter(|t| p.allowed.allows(t))
+            .collect();
+        ranges.push(serde_json::json!({"u": p.user, "f": from, "t": to, "p": visible}));
+        last = Some((&p.user, to));
+    }
+    if ranges.is_empty() {
+        return Ok(0);
+    }
+    let ranges_json = serde_json::to_string(&ranges).unwrap_or_else(|_| "[]".into());
+    let (mark, raise) = (mark_acked(dialect), raise_ack_watermarks(dialect));
+    on!(conn, c => {
+        sqlx::query(&mark)
             .bind(&ranges_json)
             .bind(now_ms())
-            .execute(&mut self.conn)
+            .execute(&mut *c)
             .await?;
-        sqlx::query(
-            "INSERT INTO users (user_id, acked_up_to) \
-             SELECT value ->> '$.u', max(value ->> '$.t') FROM json_each(?) \
-             WHERE true GROUP BY value ->> '$.u' \
-             ON CONFLICT (user_id) DO UPDATE SET acked_up_to = max(acked_up_to, excluded.acked_up_to)",
-        )
-        .bind(&ranges_json)
-        .execute(&mut self.conn)
-        .await?;
-        Ok(ranges.len() as u64)
-    }
+        sqlx::query(&raise).bind(&ranges_json).execute(c).await?;
+    });
+    Ok(ranges.len() as u64)
+}
 
-    async fn read(
-        &mut self,
-        viewer: &Viewer,
-        selection: &ReadSelection,
-    ) -> Result<u64, sqlx::Error> {
-        let upsert = "ON CONFLICT (user_id, notification_id) DO UPDATE \
-             SET read_at = excluded.read_at, \
-                 delivered_at = coalesce(delivered_at, excluded.delivered_at) \
-             WHERE read_at IS NULL";
-        let now = now_ms();
-        let result = match selection {
-            ReadSelection::UpTo(up_to) => {
-                let up_to = id_param(*up_to).min(self.head().await?);
-                let from: i64 = sqlx::query_scalar(
-                    "SELECT coalesce((SELECT read_scanned_up_to FROM users WHERE user_id = ?), 0)",
+async fn read(
+    conn: &mut Conn<'_>,
+    viewer: &Viewer,
+    selection: &ReadSelection,
+) -> Result<u64, sqlx::Error> {
+    let dialect = conn.dialect();
+    let upsert = "ON CONFLICT (user_id, notification_id) DO UPDATE \
+         SET read_at = excluded.read_at, \
+             delivered_at = coalesce(user_state.delivered_at, excluded.delivered_at) \
+         WHERE user_state.read_at IS NULL";
+    let now = now_ms();
+    let result = match selection {
+        ReadSelection::UpTo(up_to) => {
+            let up_to = id_param(*up_to).min(head_id(conn).await?);
+            let from: i64 = on!(conn, c => {
+                sqlx::query_scalar(
+                    "SELECT coalesce((SELECT read_scanned_up_to FROM users WHERE user_id = $1), 0)",
                 )
                 .bind(&viewer.user)
-                .fetch_one(&mut self.conn)
-                .await?;
-                if up_to <= from {
-                    return Ok(0);
-                }
+                .fetch_one(c)
+                .await?
+            });
+            if up_to <= from {
+                return Ok(0);
+            }
+            let sql = format!(
+                "INSERT INTO user_state (user_id, notification_id, delivered_at, read_at) \
+                 SELECT $1, id, $5, $5 FROM ({visible}) AS visible WHERE true {upsert}",
+                visible = visible_ids(dialect)
+            );
+            on!(conn, c => {
                 sqlx::query(
-                    "INSERT INTO users (user_id, read_scanned_up_to) VALUES (?, ?) \
-                     ON CONFLICT (user_id) DO UPDATE \
-                     SET read_scanned_up_to = max(read_scanned_up_to, excluded.read_scanned_up_to)",
+                    "INSERT INTO users (user_id, read_scanned_up_to) VALUES ($1, $2) \
+                     ON CONFLICT (user_id) DO UPDATE SET read_scanned_up_to = CASE \
+                       WHEN excluded.read_scanned_up_to > users.read_scanned_up_to \
+                       THEN excluded.read_scanned_up_to ELSE users.read_scanned_up_to END",
                 )
                 .bind(&viewer.user)
                 .bind(up_to)
-                .execute(&mut self.conn)
+                .execute(&mut *c)
                 .await?;
-                let sql = format!(
-                    "INSERT INTO user_state (user_id, notification_id, delivered_at, read_at) \
-                     SELECT ?1, id, ?5, ?5 FROM ({VISIBLE_IDS}) WHERE true {upsert}"
-                );
                 sqlx::query(&sql)
                     .bind(&viewer.user)
                     .bind(viewer.topics_json())
                     .bind(from)
                     .bind(up_to)
                     .bind(now)
-                    .execute(&mut self.conn)
+                    .execute(c)
                     .await?
-            }
-            ReadSelection::Ids(ids) => {
-                let sql = format!(
-                    "INSERT INTO user_state (user_id, notification_id, delivered_at, read_at) \
-                     SELECT ?1, j.value, ?3, ?3 FROM json_each(?4) j \
-                     WHERE EXISTS (SELECT 1 FROM notification_targets t \
-                        WHERE t.notification_id = j.value AND ( \
-                            (t.kind = 0 AND t.name = ?1) OR t.kind = 2 \
-                            OR (t.kind = 1 AND t.name IN (SELECT value FROM json_each(?2))))) \
-                     {upsert}"
-                );
-                let ids_json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+                    .rows_affected()
+            })
+        }
+        ReadSelection::Ids(ids) => {
+            let sql = format!(
+                "INSERT INTO user_state (user_id, notification_id, delivered_at, read_at) \
+                 SELECT $1, CAST(j.value AS BIGINT), $3, $3 FROM {ids} \
+                 WHERE EXISTS (SELECT 1 FROM notification_targets t \
+                    WHERE t.notification_id = CAST(j.value AS BIGINT) AND ( \
+                        (t.kind = 0 AND t.name = $1) OR t.kind = 2 \
+                        OR (t.kind = 1 AND t.name IN (SELECT value FROM {topics})))) \
+                 {upsert}",
+                ids = dialect.json_texts("$4", "j"),
+                topics = dialect.json_texts("$2", "topic"),
+            );
+            let ids_json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+            on!(conn, c => {
                 sqlx::query(&sql)
                     .bind(&viewer.user)
                     .bind(viewer.topics_json())
                     .bind(now)
                     .bind(ids_json)
-                    .execute(&mut self.conn)
+                    .execute(c)
                     .await?
-            }
-        };
-        Ok(result.rows_affected())
-    }
-
-    async fn subscribe(&mut self, user: &str, topic: &str, max: u32) -> Result<bool, StoreError> {
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM subscriptions WHERE user_id = ? AND topic = ?")
-                .bind(user)
-                .bind(topic)
-                .fetch_optional(&mut self.conn)
-                .await?;
-        if exists.is_some() {
-            return Ok(false);
+                    .rows_affected()
+            })
         }
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE user_id = ?")
-            .bind(user)
-            .fetch_one(&mut self.conn)
-            .await?;
-        if count >= i64::from(max) {
-            return Err(StoreError::TooManySubscriptions(max));
-        }
-        sqlx::query("INSERT INTO subscriptions (user_id, topic, created_at) VALUES (?, ?, ?)")
-            .bind(user)
-            .bind(topic)
-            .bind(now_ms())
-            .execute(&mut self.conn)
-            .await?;
-        Ok(true)
-    }
+    };
+    Ok(result)
+}
 
-    async fn prune(&mut self, max_per_target: u32) -> Result<PruneReport, sqlx::Error> {
-        let now = now_ms();
-        let expired = sqlx::query(
+async fn subscribe(
+    conn: &mut Conn<'_>,
+    user: &str,
+    topic: &str,
+    max: u32,
+) -> Result<bool, StoreError> {
+    let (exists, count): (i64, i64) = on!(conn, c => {
+        sqlx::query_as(
+            "SELECT count(CASE WHEN topic = $2 THEN 1 END), count(*) FROM subscriptions \
+             WHERE user_id = $1",
+        )
+        .bind(user)
+        .bind(topic)
+        .fetch_one(c)
+        .await?
+    });
+    if exists > 0 {
+        return Ok(false);
+    }
+    if count >= i64::from(max) {
+        return Err(StoreError::TooManySubscriptions(max));
+    }
+    // DO NOTHING: another node may have stored the same subscription meanwhile.
+    let added = on!(conn, c => {
+        sqlx::query(
+            "INSERT INTO subscriptions (user_id, topic, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id, topic) DO NOTHING",
+        )
+        .bind(user)
+        .bind(topic)
+        .bind(now_ms())
+        .execute(c)
+        .await?
+        .rows_affected()
+    });
+    Ok(added > 0)
+}
+
+async fn prune(conn: &mut Conn<'_>, max_per_target: u32) -> Result<PruneReport, sqlx::Error> {
+    let now = now_ms();
+    let expired = on!(conn, c => {
+        sqlx::query(
             "DELETE FROM notifications WHERE id IN \
-             (SELECT id FROM notifications WHERE expires_at <= ? LIMIT ?)",
+             (SELECT id FROM notifications WHERE expires_at <= $1 LIMIT $2)",
         )
         .bind(now)
         .bind(PRUNE_CHUNK)
-        .execute(&mut self.conn)
+        .execute(c)
         .await?
-        .rows_affected();
-
-        let over: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT kind, name FROM notification_targets GROUP BY kind, name HAVING count(*) > ?",
+        .rows_affected()
+    });
+    let over: Vec<(i64, String)> = on!(conn, c => {
+        sqlx::query_as(
+            "SELECT kind, name FROM notification_targets GROUP BY kind, name HAVING count(*) > $1",
         )
         .bind(i64::from(max_per_target))
-        .fetch_all(&mut self.conn)
-        .await?;
-        let mut trimmed_targets = 0;
-        for (kind, name) in &over {
-            trimmed_targets += sqlx::query(
-                "DELETE FROM notification_targets WHERE kind = ?1 AND name = ?2 \
+        .fetch_all(c)
+        .await?
+    });
+    let mut trimmed_targets = 0;
+    for (kind, name) in &over {
+        trimmed_targets += on!(conn, c => {
+            sqlx::query(
+                "DELETE FROM notification_targets WHERE kind = $1 AND name = $2 \
                  AND notification_id < (SELECT notification_id FROM notification_targets \
-                    WHERE kind = ?1 AND name = ?2 ORDER BY notification_id DESC LIMIT 1 OFFSET ?3)",
+                    WHERE kind = $1 AND name = $2 ORDER BY notification_id DESC LIMIT 1 OFFSET $3)",
             )
             .bind(kind)
             .bind(name)
             .bind(i64::from(max_per_target) - 1)
-            .execute(&mut self.conn)
+            .execute(c)
             .await?
-            .rows_affected();
-        }
-        let mut trimmed = 0;
-        if trimmed_targets > 0 {
-            // Notifications left with no target at all are unreachable: delete them.
-            trimmed = sqlx::query(
+            .rows_affected()
+        });
+    }
+    let mut trimmed = 0;
+    if trimmed_targets > 0 {
+        // Notifications left with no target at all are unreachable: delete them.
+        trimmed = on!(conn, c => {
+            sqlx::query(
                 "DELETE FROM notifications WHERE NOT EXISTS \
                  (SELECT 1 FROM notification_targets t WHERE t.notification_id = notifications.id)",
             )
-            .execute(&mut self.conn)
+            .execute(c)
             .await?
-            .rows_affected();
-        }
-        sqlx::query("DELETE FROM idempotency_keys WHERE created_at <= ?")
-            .bind(now - IDEMPOTENCY_WINDOW_MS)
-            .execute(&mut self.conn)
-            .await?;
-        Ok(PruneReport { expired, trimmed })
+            .rows_affected()
+        });
     }
+    on!(conn, c => {
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at <= $1")
+            .bind(now - IDEMPOTENCY_WINDOW_MS)
+            .execute(c)
+            .await?;
+    });
+    Ok(PruneReport { expired, trimmed })
 }
 
 /// JSON text of a value stored in a JSON column (strings, actions, JSON values: these
@@ -884,15 +991,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _writer) = Store::open(dir.path(), None).await.expect("store");
         // EXPLAIN QUERY PLAN rows: id, parent, notused, detail ("SEARCH n USING ...").
-        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {MARK_ACKED}"))
-            .bind("[]")
-            .bind(0_i64)
-            .fetch_all(&store.pool)
-            .await
-            .expect("query plan")
-            .iter()
-            .map(|row| sqlx::Row::try_get::<String, _>(row, 3).expect("detail"))
-            .collect();
+        let plan: Vec<String> = sqlx::query(&format!(
+            "EXPLAIN QUERY PLAN {}",
+            mark_acked(Dialect::Sqlite)
+        ))
+        .bind("[]")
+        .bind(0_i64)
+        .fetch_all(store.sqlite_pool())
+        .await
+        .expect("query plan")
+        .iter()
+        .map(|row| sqlx::Row::try_get::<String, _>(row, 3).expect("detail"))
+        .collect();
         // Every step on the targets table (aliased n): one per target kind.
         let on_targets: Vec<&String> = plan
             .iter()

@@ -38,6 +38,26 @@ pub fn test_config(dir: &Path) -> Config {
     config
 }
 
+/// With `BELFRY_TEST_STORE=postgres`, the PostgreSQL database of a hub's data dir: made
+/// on first use (and kept in the dir, so a hub restarted on the dir finds its store
+/// again) on a server this test binary starts once. That is how the same suites run
+/// against both stores (`make test` runs them twice).
+async fn postgres_database(dir: &Path) -> Option<String> {
+    static SERVER: tokio::sync::OnceCell<belfry_testkit::Postgres> =
+        tokio::sync::OnceCell::const_new();
+    if std::env::var("BELFRY_TEST_STORE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let file = dir.join("database-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Some(url);
+    }
+    let server = SERVER.get_or_init(belfry_testkit::Postgres::start).await;
+    let url = server.database().await;
+    std::fs::write(&file, &url).unwrap();
+    Some(url)
+}
+
 pub fn signer() -> TokenSigner {
     TokenSigner::new(SECRET)
 }
@@ -67,6 +87,7 @@ impl TestHub {
     /// Starts a hub on an existing data dir (to restart on the same store).
     pub async fn start_in(dir: tempfile::TempDir, tune: impl FnOnce(&mut Config)) -> TestHub {
         let mut config = test_config(dir.path());
+        config.database_url = postgres_database(dir.path()).await;
         tune(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
