@@ -57,9 +57,14 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "BELFRY_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Database URL [default: SQLite file belfry.db in the data dir].
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: SQLite file
+    /// belfry.db in the data dir]. Several nodes share one PostgreSQL database.
     #[arg(long, env = "BELFRY_DATABASE_URL")]
     database_url: Option<String>,
+    /// Redis URL linking several nodes, e.g. redis://127.0.0.1:6379/?protocol=resp3
+    /// (Redis 7 or later) [default: none, a single node].
+    #[arg(long, env = "BELFRY_REDIS_URL")]
+    redis_url: Option<String>,
     /// A publish key; repeat for several [default: generated into the data dir].
     #[arg(
         long = "publish-key",
@@ -173,6 +178,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    redis_url: Option<String>,
     jwt_secret: Option<String>,
     publish_keys: Option<Vec<String>>,
     cors_origins: Option<Vec<String>>,
@@ -279,9 +285,22 @@ fn serve_settings(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<ServeS
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
+    let database_url = args.database_url.or(file.database_url);
+    let redis_url = args.redis_url.or(file.redis_url);
+    if redis_url.is_some()
+        && !database_url
+            .as_deref()
+            .is_some_and(crate::store::is_postgres)
+    {
+        bail!(
+            "--redis-url links several nodes, and they must share one store: \
+             give --database-url postgres://..."
+        );
+    }
     let config = Config {
         data_dir: dir,
-        database_url: args.database_url.or(file.database_url),
+        database_url,
+        redis_url,
         jwt_secret: secrets.jwt_secret,
         publish_keys: secrets.publish_keys,
         cors_origins: if args.cors_origins.is_empty() {

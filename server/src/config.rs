@@ -11,6 +11,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The database URL; `None` means SQLite in `data_dir`.
     pub database_url: Option<String>,
+    /// The Redis URL that links several hub nodes (`redis://host:6379/?protocol=resp3`);
+    /// `None` on a single node.
+    pub redis_url: Option<String>,
     /// The HS256 secret user tokens are signed with.
     pub jwt_secret: String,
     /// The accepted publish keys.
@@ -119,6 +122,7 @@ impl Config {
         Self {
             data_dir: data_dir.into(),
             database_url: None,
+            redis_url: None,
             jwt_secret,
             publish_keys,
             cors_origins: Vec::new(),

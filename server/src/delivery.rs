@@ -15,6 +15,7 @@ use crate::store::Committed;
 use belfry_protocol::events::{self, SyncBatch, Synced};
 use belfry_protocol::{Notification, Target, TopicPatterns};
 use serde::Serialize;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 use std::sync::atomic::Ordering::Relaxed;
@@ -140,12 +141,12 @@ impl Session {
 }
 
 /// The session of a socket, if it authenticated.
-pub fn session(socket: &SocketRef) -> Option<Arc<Session>> {
+pub fn session<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<Session>> {
     socket.extensions.get::<Arc<Session>>()
 }
 
 /// The delivery task: emits what the writer committed, in id order.
-pub async fn run(state: SharedState, mut committed: mpsc::Receiver<Vec<Committed>>) {
+pub async fn run<A: Adapter>(state: SharedState<A>, mut committed: mpsc::Receiver<Vec<Committed>>) {
     while let Some(batch) = committed.recv().await {
         for c in batch {
             deliver(&state, &c);
@@ -154,7 +155,7 @@ pub async fn run(state: SharedState, mut committed: mpsc::Receiver<Vec<Committed
     tracing::debug!("delivery stopped");
 }
 
-fn deliver(state: &SharedState, c: &Committed) {
+fn deliver<A: Adapter>(state: &SharedState<A>, c: &Committed) {
     state.note_head(c.notification.id);
     let rooms: Vec<String> = c.targets.iter().map(Target::to_string).collect();
     let sockets = state.sockets_in(rooms);
@@ -183,9 +184,9 @@ fn deliver(state: &SharedState, c: &Committed) {
 
 /// Emits one live notification to one socket; on a full buffer, marks the socket lagging
 /// and starts its recovery. Returns whether the socket took it.
-fn emit_live(
-    state: &SharedState,
-    socket: &SocketRef,
+fn emit_live<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     session: &Arc<Session>,
     id: u64,
     raw: &serde_json::value::RawValue,
@@ -209,8 +210,25 @@ fn emit_live(
     }
 }
 
+/// Catches a socket up from `id` (inclusive) in the background, as when it fell behind:
+/// live delivery to it pauses until the catch-up has sent everything from there again.
+/// For sockets that may have missed something live (they joined a room late, or another
+/// node could not reach them).
+pub fn recover_from<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
+    session: &Session,
+    id: u64,
+) {
+    {
+        let mut lag = session.lag();
+        *lag = Some(lag.map_or(id, |from| from.min(id)));
+    }
+    spawn_recovery(state, socket, Duration::ZERO);
+}
+
 /// Starts a lag recovery (a catch-up from the first missed id) after `delay`.
-fn spawn_recovery(state: &SharedState, socket: &SocketRef, delay: Duration) {
+fn spawn_recovery<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>, delay: Duration) {
     let (state, socket) = (state.clone(), socket.clone());
     // Boxed: a recovery can schedule another, and the recursive future type needs a
     // name to be `Send`.
@@ -252,8 +270,8 @@ impl From<crate::store::StoreError> for CatchUpError {
 
 /// Emits an event, waiting while the socket's buffer is full (catch-up traffic is paced
 /// by the client's reading speed instead of being dropped).
-async fn emit_paced<T: Serialize + ?Sized>(
-    socket: &SocketRef,
+async fn emit_paced<A: Adapter, T: Serialize + ?Sized>(
+    socket: &SocketRef<A>,
     event: &str,
     data: &T,
 ) -> Result<(), CatchUpError> {
@@ -283,9 +301,9 @@ async fn emit_paced<T: Serialize + ?Sized>(
     }
 }
 
-async fn emit_batch(
-    state: &SharedState,
-    socket: &SocketRef,
+async fn emit_batch<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     notifications: Vec<Notification>,
     more: bool,
 ) -> Result<(), CatchUpError> {
@@ -309,9 +327,9 @@ async fn emit_batch(
 
 /// Sends a socket everything visible to its user after `from`, in `sync` batches, then
 /// `synced`, once no other catch-up runs on it. The socket must already be in its rooms.
-pub async fn catch_up(
-    state: &SharedState,
-    socket: &SocketRef,
+pub async fn catch_up<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     session: &Session,
     from: CatchUpFrom,
 ) {
@@ -320,7 +338,11 @@ pub async fn catch_up(
 }
 
 /// Runs the catch-up a client asked for with `sync` (the latest, if several piled up).
-pub async fn requested_catch_up(state: &SharedState, socket: &SocketRef, session: &Session) {
+pub async fn requested_catch_up<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
+    session: &Session,
+) {
     let guard = session.catching_up.lock().await;
     let cursor = session
         .pending_sync
@@ -335,9 +357,9 @@ pub async fn requested_catch_up(state: &SharedState, socket: &SocketRef, session
 /// [`catch_up`] for a caller that already holds the session's catch-up lock. A store
 /// failure disconnects the socket: left as it is, it could wait forever for a `synced`
 /// (or, lagging, for live notifications), while reconnecting resumes from its cursor.
-pub async fn catch_up_locked(
-    state: &SharedState,
-    socket: &SocketRef,
+pub async fn catch_up_locked<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     session: &Session,
     from: CatchUpFrom,
     _guard: tokio::sync::MutexGuard<'_, ()>,
@@ -358,9 +380,9 @@ pub async fn catch_up_locked(
     }
 }
 
-async fn run_catch_up(
-    state: &SharedState,
-    socket: &SocketRef,
+async fn run_catch_up<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     session: &Session,
     from: CatchUpFrom,
 ) -> Result<(), CatchUpError> {

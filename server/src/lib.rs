@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod error;
@@ -25,24 +26,27 @@ pub mod store;
 pub use config::Config;
 pub use state::{AppState, SharedState};
 
+use cluster::{HubAdapter, Peers};
+use socketioxide::adapter::LocalAdapter;
 use socketioxide::{SocketIo, TransportType};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// A started hub: its state, its Socket.IO layer and its background tasks.
-pub struct Hub {
+/// A started hub: its state, its Socket.IO layer and its background tasks. `A` is the
+/// Socket.IO adapter: [`LocalAdapter`] alone, [`cluster::RedisAdapter`] with other nodes.
+pub struct Hub<A: HubAdapter = LocalAdapter> {
     /// The shared state.
-    pub state: SharedState,
-    layer: socketioxide::layer::SocketIoLayer,
+    pub state: SharedState<A>,
+    layer: socketioxide::layer::SocketIoLayer<A>,
     tasks: Vec<JoinHandle<()>>,
     /// The receipts task and its stop signal (it writes the last acks before it ends).
     receipts: (JoinHandle<()>, Arc<tokio::sync::Notify>),
     writer: JoinHandle<()>,
 }
 
-impl std::fmt::Debug for Hub {
+impl<A: HubAdapter> std::fmt::Debug for Hub<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
             .field("state", &self.state)
@@ -53,14 +57,15 @@ impl std::fmt::Debug for Hub {
 /// The WebSocket read buffer of each socket.
 const WS_READ_BUFFER: usize = 1024;
 
-impl Hub {
+impl<A: HubAdapter> Hub<A> {
     /// Opens the store, starts the writer, delivery and retention tasks and registers the
-    /// Socket.IO namespaces.
-    pub async fn start(config: Config) -> anyhow::Result<Hub> {
+    /// Socket.IO namespaces, on the adapter built from `adapter` and linked to `peers`.
+    pub async fn start(config: Config, adapter: A::State, peers: Peers) -> anyhow::Result<Self> {
         tokio::fs::create_dir_all(&config.data_dir).await?;
         let (store, writer) =
             store::Store::open(&config.data_dir, config.database_url.as_deref()).await?;
         let (layer, io) = SocketIo::builder()
+            .with_adapter::<A>(adapter)
             .transports([TransportType::Websocket, TransportType::Polling])
             .ping_interval(config.heartbeat.interval)
             .ping_timeout(config.heartbeat.timeout)
@@ -72,9 +77,9 @@ impl Hub {
             // more than one pass. Every idle socket holds this buffer (default 4 KiB).
             .ws_read_buffer_size(WS_READ_BUFFER)
             .build_layer();
-        let state = Arc::new(AppState::new(store, io, config));
-        socket::subscriber::register(&state);
-        socket::publisher::register(&state);
+        let state = Arc::new(AppState::new(store, io, config, peers));
+        A::ready(socket::subscriber::register(&state)).await?;
+        A::ready(socket::publisher::register(&state)).await?;
         let (committed, delivery) = state.spawn_delivery();
         let head = state.store.head().await?;
         state.note_head(head);
@@ -92,6 +97,7 @@ impl Hub {
         };
         let writer = tokio::spawn(writer.run(committed));
         tasks.push(tokio::spawn(retention::run(state.clone())));
+        tasks.extend(cluster::start(&state).await?);
         let receipts_stop = Arc::new(tokio::sync::Notify::new());
         let receipts = tokio::spawn(receipts::run(state.clone(), receipts_stop.clone()));
         Ok(Hub {
@@ -130,8 +136,11 @@ impl Hub {
 }
 
 /// The whole HTTP + Socket.IO application for a state and its Socket.IO layer.
-pub fn app(state: SharedState, io_layer: socketioxide::layer::SocketIoLayer) -> axum::Router {
-    let mut router = http::routes()
+pub fn app<A: HubAdapter>(
+    state: SharedState<A>,
+    io_layer: socketioxide::layer::SocketIoLayer<A>,
+) -> axum::Router {
+    let mut router = http::routes::<A>()
         .layer(io_layer)
         .layer(tower::util::MapRequestLayer::new(
             socket::detach_handshake::<axum::body::Body>,
@@ -146,7 +155,7 @@ pub fn app(state: SharedState, io_layer: socketioxide::layer::SocketIoLayer) -> 
 
 /// The Socket.IO part of shutdown: publisher events in flight get their answers (up to a
 /// few seconds), then every socket is closed.
-async fn stop_sockets(state: &SharedState, io: &SocketIo) {
+async fn stop_sockets<A: HubAdapter>(state: &SharedState<A>, io: &SocketIo<A>) {
     state
         .drain_publishers(std::time::Duration::from_secs(5))
         .await;
@@ -176,9 +185,35 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    match config.redis_url.clone() {
+        None => serve::<LocalAdapter>(listener, config, (), Peers::none(), shutdown).await,
+        Some(url) => {
+            let link = cluster::RedisLink::connect(&url)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url}: {e}"))?;
+            let adapter = socketioxide_redis::RedisAdapterCtr::new_with_driver(
+                link.clone(),
+                socketioxide_redis::RedisAdapterConfig::new()
+                    .with_request_timeout(cluster::REQUEST_TIMEOUT)
+                    .with_stream_buffer(cluster::CHANNEL_BUFFER),
+            );
+            serve::<cluster::RedisAdapter>(listener, config, adapter, Peers::linked(link), shutdown)
+                .await
+        }
+    }
+}
+
+/// [`run`] on a given adapter.
+async fn serve<A: HubAdapter>(
+    listener: TcpListener,
+    config: Config,
+    adapter: A::State,
+    peers: Peers,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let tls = config.tls.clone();
     drop_stuck_peers(&listener, &config.heartbeat);
-    let hub = Hub::start(config).await?;
+    let hub = Hub::<A>::start(config, adapter, peers).await?;
     let router = hub.router();
     let io = hub.state.io.clone();
     let state = hub.state.clone();

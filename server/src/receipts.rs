@@ -11,6 +11,7 @@
 use crate::state::SharedState;
 use crate::store::AckPoint;
 use belfry_protocol::TopicPatterns;
+use socketioxide::adapter::Adapter;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -52,7 +53,7 @@ const CHUNK: usize = 1_000;
 
 /// Writes every pending ack; points that fail to write are kept for the next flush.
 /// Returns how many points were written.
-pub async fn flush(state: &SharedState) -> usize {
+pub async fn flush<A: Adapter>(state: &SharedState<A>) -> usize {
     let mut points: Vec<AckPoint> = state
         .acks
         .take()
@@ -87,7 +88,10 @@ pub async fn flush(state: &SharedState) -> usize {
 
 /// The background task: flushes every [`FLUSH_INTERVAL`] until `stop` is notified, then
 /// once more.
-pub(crate) async fn run(state: SharedState, stop: std::sync::Arc<tokio::sync::Notify>) {
+pub(crate) async fn run<A: Adapter>(
+    state: SharedState<A>,
+    stop: std::sync::Arc<tokio::sync::Notify>,
+) {
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -3,8 +3,9 @@
 
 use crate::state::SharedState;
 use crate::store::writer_limits::PRUNE_CHUNK;
+use socketioxide::adapter::Adapter;
 
-pub(crate) async fn run(state: SharedState) {
+pub(crate) async fn run<A: Adapter>(state: SharedState<A>) {
     let retention = state.config.retention;
     let mut tick = tokio::time::interval(retention.prune_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

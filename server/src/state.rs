@@ -2,6 +2,7 @@
 //! HTTP and Socket.IO share (publish, subscribe, read), so both edges behave the same.
 
 use crate::auth::{PublishKeys, TokenSigner, UserClaims};
+use crate::cluster::{Control, Peers};
 use crate::config::Config;
 use crate::delivery::{self, Session, rooms};
 use crate::metrics::Metrics;
@@ -10,6 +11,7 @@ use crate::store::{Published, ReadSelection, Store, Viewer};
 use belfry_protocol::events::{self, ReadRequest, TopicRequest};
 use belfry_protocol::{ErrorBody, ErrorCode, PublishRequest, TopicPatterns, validate_topic};
 use socketioxide::SocketIo;
+use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::Sid;
@@ -17,13 +19,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Shared, cheap handles to everything a handler needs.
-#[derive(Debug)]
-pub struct AppState {
+/// Shared, cheap handles to everything a handler needs. `A` is the Socket.IO adapter:
+/// [`LocalAdapter`] on a single node, the Redis adapter when several nodes share the work.
+pub struct AppState<A: Adapter = LocalAdapter> {
     /// The durable store.
     pub store: Store,
     /// The Socket.IO server handle.
-    pub io: SocketIo,
+    pub io: SocketIo<A>,
+    /// The other hub nodes, if any.
+    pub peers: Peers,
     /// Signs and verifies user tokens.
     pub tokens: TokenSigner,
     /// Accepted publish keys.
@@ -53,15 +57,25 @@ pub struct AppState {
     publishing_done: tokio::sync::Notify,
 }
 
+impl<A: Adapter> std::fmt::Debug for AppState<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .field("peers", &self.peers)
+            .field("head", &self.head())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Stripes of [`AppState`]'s per-user locks.
 const USER_LOCK_STRIPES: usize = 64;
 
 /// The state as handlers hold it.
-pub type SharedState = Arc<AppState>;
+pub type SharedState<A = LocalAdapter> = Arc<AppState<A>>;
 
-impl AppState {
+impl<A: Adapter> AppState<A> {
     /// Builds the state.
-    pub fn new(store: Store, io: SocketIo, config: Config) -> Self {
+    pub fn new(store: Store, io: SocketIo<A>, config: Config, peers: Peers) -> Self {
         let buckets = config
             .publish_keys
             .iter()
@@ -70,6 +84,7 @@ impl AppState {
         Self {
             store,
             io,
+            peers,
             tokens: TokenSigner::new(config.jwt_secret.as_bytes().to_vec()),
             keys: PublishKeys::new(config.publish_keys.iter().cloned()),
             key_scopes: config
@@ -180,7 +195,7 @@ impl AppState {
 
     /// Broadcast operators for a room of the subscribers' namespace, or `None` once the
     /// namespace is gone (after shutdown closed it).
-    pub fn room(&self, room: impl Into<String>) -> Option<BroadcastOperators> {
+    pub fn room(&self, room: impl Into<String>) -> Option<BroadcastOperators<A>> {
         self.io
             .of(events::SUBSCRIBER_NAMESPACE)
             .map(|ns| ns.to(room.into()))
@@ -188,7 +203,7 @@ impl AppState {
 
     /// The sockets of this hub in any of `rooms`, each once (none once the namespace is
     /// gone).
-    pub fn sockets_in(&self, rooms: Vec<String>) -> Vec<SocketRef> {
+    pub fn sockets_in(&self, rooms: Vec<String>) -> Vec<SocketRef<A>> {
         self.io
             .of(events::SUBSCRIBER_NAMESPACE)
             .map(|ns| ns.to(rooms).sockets())
@@ -196,12 +211,13 @@ impl AppState {
     }
 
     /// The sockets of this hub in a room.
-    pub fn room_sockets(&self, room: String) -> Vec<SocketRef> {
+    pub fn room_sockets(&self, room: String) -> Vec<SocketRef<A>> {
         self.sockets_in(vec![room])
     }
 
-    /// Joins the user's connected sockets whose token allows `topic` to its room.
-    fn join_topic(&self, user: &str, topic: &str) -> Vec<SocketRef> {
+    /// Joins this node's sockets of `user` whose token allows `topic` to its room; returns
+    /// those that were not in it yet.
+    pub(crate) fn join_topic(&self, user: &str, topic: &str) -> Vec<SocketRef<A>> {
         let topic_room = rooms::topic(topic);
         let joined: Vec<_> = self
             .room_sockets(rooms::user(user))
@@ -229,12 +245,22 @@ impl AppState {
     ) -> Result<bool, ErrorBody> {
         check_topic(claims, topic)?;
         let _user = self.user_lock(&claims.sub).lock().await;
-        // Join before storing, so nothing published in between is missed live.
+        // Join before storing, so nothing published in between is missed live. Other
+        // nodes join their devices after the store, and catch them up from here.
+        let head = self.head();
         let joined = self.join_topic(&claims.sub, topic);
         let max = self.config.limits.max_subscriptions;
         match self.store.writer().subscribe(&claims.sub, topic, max).await {
             Ok(new) => {
                 if new {
+                    self.peers
+                        .announce(&Control::Subscribed {
+                            node: self.peers.node().to_owned(),
+                            user: claims.sub.clone(),
+                            topic: topic.to_owned(),
+                            from: head,
+                        })
+                        .await;
                     self.tell_devices(&claims.sub, from, events::SUBSCRIBED, topic)
                         .await;
                 }
@@ -260,25 +286,55 @@ impl AppState {
         validate_topic(topic).map_err(|e| ErrorBody::field(ErrorCode::InvalidField, "topic", e))?;
         let _user = self.user_lock(user).lock().await;
         let removed = self.store.writer().unsubscribe(user, topic).await?;
-        let topic_room = rooms::topic(topic);
-        for s in self.room_sockets(rooms::user(user)) {
-            s.leave(topic_room.clone());
-        }
+        self.leave_topic(user, topic);
         if removed {
+            self.peers
+                .announce(&Control::Unsubscribed {
+                    node: self.peers.node().to_owned(),
+                    user: user.to_owned(),
+                    topic: topic.to_owned(),
+                })
+                .await;
             self.tell_devices(user, from, events::UNSUBSCRIBED, topic)
                 .await;
         }
         Ok(removed)
     }
 
+    /// Takes this node's sockets of `user` out of the room of `topic`.
+    pub(crate) fn leave_topic(&self, user: &str, topic: &str) {
+        let topic_room = rooms::topic(topic);
+        for s in self.room_sockets(rooms::user(user)) {
+            s.leave(topic_room.clone());
+        }
+    }
+
     async fn tell_devices(&self, user: &str, except: Option<Sid>, event: &str, topic: &str) {
         let payload = TopicRequest {
             topic: topic.to_owned(),
         };
-        if let Some(devices) = self.user_devices(user, except)
-            && let Err(e) = devices.emit(event, &payload).await
-        {
-            tracing::debug!(error = %e, "telling other devices about a subscription change");
+        self.emit_to_devices(user, except, event, &payload).await;
+    }
+
+    /// Emits to the user's devices on every node; while the other nodes cannot be
+    /// reached, to this node's (the others catch up once the link is back).
+    async fn emit_to_devices<T: serde::Serialize + ?Sized>(
+        &self,
+        user: &str,
+        except: Option<Sid>,
+        event: &str,
+        payload: &T,
+    ) {
+        let Some(devices) = self.user_devices(user, except) else {
+            return;
+        };
+        if let Err(e) = devices.emit(event, payload).await {
+            tracing::debug!(error = %e, event, "cannot reach the other nodes; telling this node's devices");
+            if let Some(devices) = self.user_devices(user, except)
+                && let Err(e) = devices.local().emit(event, payload).await
+            {
+                tracing::debug!(error = %e, event, "telling the user's devices");
+            }
         }
     }
 
@@ -296,18 +352,16 @@ impl AppState {
         };
         let viewer = self.viewer(&claims.sub, &claims.allowed_topics()).await?;
         let marked = self.store.writer().read(viewer, selection).await?;
-        if marked > 0
-            && let Some(devices) = self.user_devices(&claims.sub, from)
-            && let Err(e) = devices.emit(events::READ, &request).await
-        {
-            tracing::debug!(error = %e, "telling other devices about a read");
+        if marked > 0 {
+            self.emit_to_devices(&claims.sub, from, events::READ, &request)
+                .await;
         }
         Ok(marked)
     }
 
     /// The user's connected devices, except the socket the change came from (a broadcast
     /// from that socket leaves the sender out).
-    fn user_devices(&self, user: &str, except: Option<Sid>) -> Option<BroadcastOperators> {
+    fn user_devices(&self, user: &str, except: Option<Sid>) -> Option<BroadcastOperators<A>> {
         let room = rooms::user(user);
         let ns = self.io.of(events::SUBSCRIBER_NAMESPACE)?;
         Some(match except.and_then(|sid| ns.get_socket(sid)) {
@@ -316,13 +370,21 @@ impl AppState {
         })
     }
 
-    /// How many devices of `user` are connected to this hub.
-    pub fn devices(&self, user: &str) -> usize {
-        self.room_sockets(rooms::user(user)).len()
+    /// How many devices of `user` are connected, on every node (on this one only while
+    /// the others cannot be reached).
+    pub async fn devices(&self, user: &str) -> usize {
+        let room = rooms::user(user);
+        if let Some(ns) = self.io.of(events::SUBSCRIBER_NAMESPACE) {
+            match ns.to(room.clone()).fetch_sockets().await {
+                Ok(sockets) => return sockets.len(),
+                Err(e) => tracing::debug!(error = %e, "cannot count devices on other nodes"),
+            }
+        }
+        self.room_sockets(room).len()
     }
 
     /// Counts a publisher event in flight; `None` once shutdown has begun.
-    pub fn begin_publishing(self: &Arc<Self>) -> Option<PublishingGuard> {
+    pub fn begin_publishing(self: &Arc<Self>) -> Option<PublishingGuard<A>> {
         use std::sync::atomic::Ordering::SeqCst;
         self.publishing.fetch_add(1, SeqCst);
         let guard = PublishingGuard(self.clone());
@@ -371,9 +433,9 @@ fn key_fingerprint(key: &str) -> String {
 
 /// A publisher event in flight; dropping it lets shutdown proceed.
 #[derive(Debug)]
-pub struct PublishingGuard(Arc<AppState>);
+pub struct PublishingGuard<A: Adapter>(Arc<AppState<A>>);
 
-impl Drop for PublishingGuard {
+impl<A: Adapter> Drop for PublishingGuard<A> {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering::SeqCst;
         if self.0.publishing.fetch_sub(1, SeqCst) == 1 {

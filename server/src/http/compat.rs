@@ -14,11 +14,12 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use belfry_protocol::{ErrorCode, PublishRequest, PublishResponse, limits};
 use serde_json::Value;
+use socketioxide::adapter::Adapter;
 use std::time::Instant;
 
 /// `POST /send`.
-pub async fn send(
-    State(state): State<SharedState>,
+pub async fn send<A: Adapter>(
+    State(state): State<SharedState<A>>,
     req: Request,
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
     let received = Instant::now();

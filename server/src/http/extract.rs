@@ -9,6 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use belfry_protocol::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
+use socketioxide::adapter::Adapter;
 
 /// The `Authorization: Bearer <credential>` value, if any.
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -23,10 +24,13 @@ fn bearer(parts: &Parts) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct User(pub UserClaims);
 
-impl FromRequestParts<SharedState> for User {
+impl<A: Adapter> FromRequestParts<SharedState<A>> for User {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState<A>,
+    ) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unauthorized,
@@ -50,7 +54,7 @@ pub struct Publisher(pub usize);
 
 impl Publisher {
     /// Checks a publish key taken from any header.
-    pub fn check(state: &SharedState, key: Option<&str>) -> Result<Self, ApiError> {
+    pub fn check<A: Adapter>(state: &SharedState<A>, key: Option<&str>) -> Result<Self, ApiError> {
         let key = key.ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unauthorized,
@@ -71,17 +75,23 @@ impl Publisher {
     }
 }
 
-impl FromRequestParts<SharedState> for Publisher {
+impl<A: Adapter> FromRequestParts<SharedState<A>> for Publisher {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState<A>,
+    ) -> Result<Self, ApiError> {
         Publisher::check(state, bearer(parts))
     }
 }
 
 /// Reads the whole body (within the router's body limit), mapping an oversize body to
 /// `payload_too_large`.
-pub async fn body_bytes(req: Request, state: &SharedState) -> Result<Bytes, ApiError> {
+pub async fn body_bytes<A: Adapter>(
+    req: Request,
+    state: &SharedState<A>,
+) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -128,10 +138,10 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<SharedState> for JsonBody<T> {
+impl<A: Adapter, T: DeserializeOwned> FromRequest<SharedState<A>> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &SharedState<A>) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,

@@ -14,28 +14,32 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
 use axum::routing::{get, post, put};
 use belfry_protocol::{ErrorCode, limits};
+use socketioxide::adapter::Adapter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The HTTP routes (without the Socket.IO layer).
-pub fn routes() -> Router<SharedState> {
+pub fn routes<A: Adapter>() -> Router<SharedState<A>> {
     let api = Router::new()
         .route(
             "/notifications",
-            post(notifications::publish).get(notifications::list),
+            post(notifications::publish::<A>).get(notifications::list::<A>),
         )
-        .route("/notifications/read", post(notifications::mark_read))
-        .route("/notifications/{id}/receipts", get(notifications::receipts))
-        .route("/presence/{user}", get(users::presence))
-        .route("/subscriptions", get(users::list))
+        .route("/notifications/read", post(notifications::mark_read::<A>))
+        .route(
+            "/notifications/{id}/receipts",
+            get(notifications::receipts::<A>),
+        )
+        .route("/presence/{user}", get(users::presence::<A>))
+        .route("/subscriptions", get(users::list::<A>))
         .route(
             "/subscriptions/{topic}",
-            put(users::subscribe).delete(users::unsubscribe),
+            put(users::subscribe::<A>).delete(users::unsubscribe::<A>),
         );
     Router::new()
         .nest("/api/v1", api)
-        .route("/send", post(compat::send))
-        .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
+        .route("/send", post(compat::send::<A>))
+        .route("/healthz", get(ops::healthz::<A>))
+        .route("/metrics", get(ops::metrics::<A>))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -10,11 +10,12 @@ use belfry_protocol::api::{NotificationPage, ReadResult, Receipt, Receipts};
 use belfry_protocol::events::ReadRequest;
 use belfry_protocol::{ErrorCode, PublishRequest, PublishResponse};
 use serde::Deserialize;
+use socketioxide::adapter::Adapter;
 use std::time::Instant;
 
 /// `POST /api/v1/notifications` (publish key): `201 {"id", "created_at"}` once stored.
-pub async fn publish(
-    State(state): State<SharedState>,
+pub async fn publish<A: Adapter>(
+    State(state): State<SharedState<A>>,
     Publisher(key): Publisher,
     JsonBody(req): JsonBody<PublishRequest>,
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
@@ -47,8 +48,8 @@ pub struct ListQuery {
 }
 
 /// `GET /api/v1/notifications?after=&limit=` (user token).
-pub async fn list(
-    State(state): State<SharedState>,
+pub async fn list<A: Adapter>(
+    State(state): State<SharedState<A>>,
     User(claims): User,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<NotificationPage>, ApiError> {
@@ -80,8 +81,8 @@ pub async fn list(
 }
 
 /// `POST /api/v1/notifications/read` (user token): `{"ids": [..]}` or `{"up_to": id}`.
-pub async fn mark_read(
-    State(state): State<SharedState>,
+pub async fn mark_read<A: Adapter>(
+    State(state): State<SharedState<A>>,
     User(claims): User,
     JsonBody(req): JsonBody<ReadRequest>,
 ) -> Result<Json<ReadResult>, ApiError> {
@@ -90,8 +91,8 @@ pub async fn mark_read(
 }
 
 /// `GET /api/v1/notifications/{id}/receipts` (publish key).
-pub async fn receipts(
-    State(state): State<SharedState>,
+pub async fn receipts<A: Adapter>(
+    State(state): State<SharedState<A>>,
     Publisher(_): Publisher,
     Path(id): Path<String>,
 ) -> Result<Json<Receipts>, ApiError> {

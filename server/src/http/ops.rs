@@ -6,9 +6,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use belfry_protocol::api::Health;
+use socketioxide::adapter::Adapter;
 
 /// `GET /healthz`: 200 when the store answers, 503 otherwise.
-pub async fn healthz(State(state): State<SharedState>) -> impl IntoResponse {
+pub async fn healthz<A: Adapter>(State(state): State<SharedState<A>>) -> impl IntoResponse {
     // Both the read pool and the writer (a stuck or dead writer means no publish can
     // succeed).
     let writer = tokio::time::timeout(
@@ -31,7 +32,7 @@ pub async fn healthz(State(state): State<SharedState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: Prometheus text.
-pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
+pub async fn metrics<A: Adapter>(State(state): State<SharedState<A>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

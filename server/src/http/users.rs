@@ -7,10 +7,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use belfry_protocol::api::{Presence, Subscriptions};
 use belfry_protocol::{ErrorCode, validate_user_id};
+use socketioxide::adapter::Adapter;
 
 /// `GET /api/v1/subscriptions`.
-pub async fn list(
-    State(state): State<SharedState>,
+pub async fn list<A: Adapter>(
+    State(state): State<SharedState<A>>,
     User(claims): User,
 ) -> Result<Json<Subscriptions>, ApiError> {
     let topics = state.store.subscriptions(&claims.sub).await?;
@@ -18,8 +19,8 @@ pub async fn list(
 }
 
 /// `PUT /api/v1/subscriptions/{topic}`: subscribes every device of the user.
-pub async fn subscribe(
-    State(state): State<SharedState>,
+pub async fn subscribe<A: Adapter>(
+    State(state): State<SharedState<A>>,
     User(claims): User,
     Path(topic): Path<String>,
 ) -> Result<Json<Subscriptions>, ApiError> {
@@ -28,8 +29,8 @@ pub async fn subscribe(
 }
 
 /// `DELETE /api/v1/subscriptions/{topic}`.
-pub async fn unsubscribe(
-    State(state): State<SharedState>,
+pub async fn unsubscribe<A: Adapter>(
+    State(state): State<SharedState<A>>,
     User(claims): User,
     Path(topic): Path<String>,
 ) -> Result<Json<Subscriptions>, ApiError> {
@@ -38,13 +39,13 @@ pub async fn unsubscribe(
 }
 
 /// `GET /api/v1/presence/{user}` (publish key).
-pub async fn presence(
-    State(state): State<SharedState>,
+pub async fn presence<A: Adapter>(
+    State(state): State<SharedState<A>>,
     Publisher(_): Publisher,
     Path(user): Path<String>,
 ) -> Result<Json<Presence>, ApiError> {
     validate_user_id(&user).map_err(|e| ApiError::new(ErrorCode::InvalidField, e))?;
-    let devices = state.devices(&user) as u64;
+    let devices = state.devices(&user).await as u64;
     Ok(Json(Presence {
         online: devices > 0,
         devices,

@@ -3,10 +3,12 @@
 //! `notify-users` take the `[user(s), event, payload]` forms many backends already emit.
 
 use super::{ConnectRefused, first_arg};
+use crate::cluster::HubAdapter;
 use crate::state::SharedState;
 use belfry_protocol::events::{self, PublishReply, PublisherAuth};
 use belfry_protocol::{ErrorBody, ErrorCode, PublishRequest, PublishResponse};
 use socketioxide::ParserError;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use std::time::Instant;
@@ -15,18 +17,18 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy)]
 struct KeyIndex(usize);
 
-/// Registers the namespace.
-pub fn register(state: &SharedState) {
+/// Registers the namespace; returns the adapter's answer (see [`crate::cluster::HubAdapter`]).
+pub fn register<A: HubAdapter>(state: &SharedState<A>) -> A::InitRes {
     let on_connect = {
         let state = state.clone();
-        move |socket: SocketRef| {
+        move |socket: SocketRef<A>| {
             register_events(&state, &socket);
             async {}
         }
     };
     let authenticate = {
         let state = state.clone();
-        move |socket: SocketRef, TryData(auth): TryData<serde_json::Value>| {
+        move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
             let state = state.clone();
             async move {
                 let refuse = |code, msg: &str| ConnectRefused(ErrorBody::new(code, msg));
@@ -52,14 +54,14 @@ pub fn register(state: &SharedState) {
     };
     state
         .io
-        .ns(events::PUBLISHER_NAMESPACE, on_connect.with(authenticate));
+        .ns(events::PUBLISHER_NAMESPACE, on_connect.with(authenticate))
 }
 
-fn register_events(state: &SharedState, socket: &SocketRef) {
+fn register_events<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>) {
     let notify = state.clone();
     socket.on(
         events::NOTIFY,
-        move |socket: SocketRef, TryData(arg): TryData<serde_json::Value>, ack: AckSender| {
+        move |socket: SocketRef<A>, TryData(arg): TryData<serde_json::Value>, ack: AckSender<A>| {
             let state = notify.clone();
             async move {
                 let request = first_arg(arg, "a publish request object");
@@ -71,7 +73,7 @@ fn register_events(state: &SharedState, socket: &SocketRef) {
         let state = state.clone();
         socket.on(
             event,
-            move |socket: SocketRef, TryData(args): TryData<LegacyArgs>, ack: AckSender| {
+            move |socket: SocketRef<A>, TryData(args): TryData<LegacyArgs>, ack: AckSender<A>| {
                 let state = state.clone();
                 async move {
                     let request = legacy_form(args, many);
@@ -82,10 +84,10 @@ fn register_events(state: &SharedState, socket: &SocketRef) {
     }
 }
 
-async fn reply(
-    state: &SharedState,
-    socket: &SocketRef,
-    ack: AckSender,
+async fn reply<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
+    ack: AckSender<A>,
     request: Result<PublishRequest, ErrorBody>,
 ) {
     let received = Instant::now();

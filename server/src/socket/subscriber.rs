@@ -4,6 +4,7 @@
 
 use super::{ConnectRefused, first_arg};
 use crate::auth::{TokenSigner, UserClaims};
+use crate::cluster::HubAdapter;
 use crate::delivery::{self, CatchUpFrom, Session, rooms, session, session as session_of};
 use crate::state::SharedState;
 use belfry_protocol::events::{
@@ -11,6 +12,7 @@ use belfry_protocol::events::{
 };
 use belfry_protocol::{ErrorBody, ErrorCode};
 use socketioxide::ParserError;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use std::sync::Arc;
@@ -23,18 +25,18 @@ type Args = TryData<serde_json::Value>;
 #[derive(Debug, Clone, Copy)]
 struct HandshakeCursor(Option<u64>);
 
-/// Registers the namespace.
-pub fn register(state: &SharedState) {
+/// Registers the namespace; returns the adapter's answer (see [`crate::cluster::HubAdapter`]).
+pub fn register<A: HubAdapter>(state: &SharedState<A>) -> A::InitRes {
     let on_connect = {
         let state = state.clone();
-        move |socket: SocketRef| {
+        move |socket: SocketRef<A>| {
             let state = state.clone();
             async move { connected(state, socket).await }
         }
     };
     let authenticate = {
         let state = state.clone();
-        move |socket: SocketRef, TryData(auth): TryData<serde_json::Value>| {
+        move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
             let state = state.clone();
             async move {
                 let result = authenticate(&state, &socket, auth);
@@ -47,12 +49,12 @@ pub fn register(state: &SharedState) {
     };
     state
         .io
-        .ns(events::SUBSCRIBER_NAMESPACE, on_connect.with(authenticate));
+        .ns(events::SUBSCRIBER_NAMESPACE, on_connect.with(authenticate))
 }
 
-fn authenticate(
-    state: &SharedState,
-    socket: &SocketRef,
+fn authenticate<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     auth: Result<serde_json::Value, ParserError>,
 ) -> Result<(), ConnectRefused> {
     let (claims, cursor) = check_handshake(&state.tokens, auth).map_err(ConnectRefused)?;
@@ -87,7 +89,7 @@ pub fn check_handshake(
     Ok((claims, auth.cursor))
 }
 
-async fn connected(state: SharedState, socket: SocketRef) {
+async fn connected<A: Adapter>(state: SharedState<A>, socket: SocketRef<A>) {
     let Some(session) = session(&socket) else {
         let _ = socket.disconnect();
         return;
@@ -162,7 +164,7 @@ async fn connected(state: SharedState, socket: SocketRef) {
 
 /// Disconnects the socket when its token expires: a socket never outlives the token it
 /// was opened with. The client's reconnect then meets the refusal (`token_expired`).
-fn close_at_expiry(socket: &SocketRef, session: &Arc<Session>) {
+fn close_at_expiry<A: Adapter>(socket: &SocketRef<A>, session: &Arc<Session>) {
     let (socket, session) = (socket.clone(), session.clone());
     tokio::spawn(async move {
         tokio::select! {
@@ -189,7 +191,7 @@ fn within_rate(session: &Session) -> Result<(), ErrorBody> {
     })
 }
 
-fn reply(ack: AckSender, result: Result<(), ErrorBody>) {
+fn reply<A: Adapter>(ack: AckSender<A>, result: Result<(), ErrorBody>) {
     let body = match result {
         Ok(()) => Reply::ok(),
         Err(e) => Reply::from(e),
@@ -198,7 +200,7 @@ fn reply(ack: AckSender, result: Result<(), ErrorBody>) {
     let _ = ack.send(&body);
 }
 
-fn register_events(state: &SharedState, socket: &SocketRef) {
+fn register_events<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>) {
     macro_rules! on {
         ($event:expr, $handler:ident) => {
             on!($event, $handler, true)
@@ -207,7 +209,7 @@ fn register_events(state: &SharedState, socket: &SocketRef) {
             let state = state.clone();
             socket.on(
                 $event,
-                move |socket: SocketRef, TryData(args): Args, ack: AckSender| {
+                move |socket: SocketRef<A>, TryData(args): Args, ack: AckSender<A>| {
                     let state = state.clone();
                     async move {
                         let result = match session(&socket) {
@@ -242,9 +244,9 @@ fn register_events(state: &SharedState, socket: &SocketRef) {
     on!(events::HEARTBEAT, on_heartbeat, false);
 }
 
-async fn on_heartbeat(
-    _state: &SharedState,
-    _socket: &SocketRef,
+async fn on_heartbeat<A: Adapter>(
+    _state: &SharedState<A>,
+    _socket: &SocketRef<A>,
     _session: &Session,
     _args: ArgsResult,
 ) -> Result<(), ErrorBody> {
@@ -253,9 +255,9 @@ async fn on_heartbeat(
 
 type ArgsResult = Result<serde_json::Value, ParserError>;
 
-async fn on_ack(
-    state: &SharedState,
-    _socket: &SocketRef,
+async fn on_ack<A: Adapter>(
+    state: &SharedState<A>,
+    _socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
 ) -> Result<(), ErrorBody> {
@@ -271,9 +273,9 @@ async fn on_ack(
     Ok(())
 }
 
-async fn on_read(
-    state: &SharedState,
-    socket: &SocketRef,
+async fn on_read<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
 ) -> Result<(), ErrorBody> {
@@ -284,9 +286,9 @@ async fn on_read(
         .map(drop)
 }
 
-async fn on_subscribe(
-    state: &SharedState,
-    socket: &SocketRef,
+async fn on_subscribe<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
 ) -> Result<(), ErrorBody> {
@@ -297,9 +299,9 @@ async fn on_subscribe(
         .map(drop)
 }
 
-async fn on_unsubscribe(
-    state: &SharedState,
-    socket: &SocketRef,
+async fn on_unsubscribe<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
 ) -> Result<(), ErrorBody> {
@@ -310,9 +312,9 @@ async fn on_unsubscribe(
         .map(drop)
 }
 
-async fn on_sync(
-    state: &SharedState,
-    socket: &SocketRef,
+async fn on_sync<A: Adapter>(
+    state: &SharedState<A>,
+    socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
 ) -> Result<(), ErrorBody> {
