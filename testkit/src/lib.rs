@@ -6,9 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod desktop;
+mod nginx;
 mod proxy;
 mod services;
 
+pub use nginx::{Nginx, deploy_dir, nginx_in, site_head};
 pub use proxy::FaultProxy;
 pub use services::{Postgres, Redis};
 

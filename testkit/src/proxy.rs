@@ -30,6 +30,8 @@ struct Shared {
     /// The largest chunk passed at once while slowed (bytes); 0: no limit.
     chunk: AtomicUsize,
     accepted: AtomicUsize,
+    /// Where new connections go.
+    upstream: Mutex<Option<SocketAddr>>,
 }
 
 /// The proxy. Dropping it stops accepting; open connections end with their peers.
@@ -54,6 +56,7 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
+        *shared.upstream.lock().unwrap() = Some(upstream);
         let accept = tokio::spawn({
             let shared = shared.clone();
             async move {
@@ -63,7 +66,7 @@ impl FaultProxy {
                         drop(client);
                         continue;
                     }
-                    tokio::spawn(proxy(client, upstream, shared.clone()));
+                    tokio::spawn(proxy(client, shared.clone()));
                 }
             }
         });
@@ -94,6 +97,12 @@ impl FaultProxy {
         }
     }
 
+    /// Sends new connections to `upstream` from now on (open ones stay where they are),
+    /// as a load balancer would send a reconnecting client to another node.
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.shared.upstream.lock().unwrap() = Some(upstream);
+    }
+
     /// While `down`, new connections are closed as soon as they are accepted.
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, SeqCst);
@@ -119,10 +128,11 @@ impl FaultProxy {
     }
 }
 
-async fn proxy(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
+async fn proxy(client: TcpStream, shared: Arc<Shared>) {
     // Registered before the upstream connect, so a cut or stall reaches it too.
     let link = Arc::new(Link::default());
     shared.links.lock().unwrap().push(link.clone());
+    let upstream = shared.upstream.lock().unwrap().expect("set at start");
     let server = tokio::select! {
         () = link.cut.notified() => return,
         s = TcpStream::connect(upstream) => s,
