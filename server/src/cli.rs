@@ -266,11 +266,18 @@ fn serve_settings(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<ServeS
     } else {
         args.publish_keys
     };
-    let secrets = secrets::resolve(
-        &dir,
-        common.jwt_secret.clone().or(file.jwt_secret.clone()),
-        keys,
-    )?;
+    let jwt_secret = common.jwt_secret.clone().or(file.jwt_secret.clone());
+    if args.redis_url.is_some() || file.redis_url.is_some() {
+        // Secrets generated into each node's data dir would differ from node to node: a
+        // token or key from one would be refused by the others.
+        if jwt_secret.is_none() || keys.is_empty() {
+            bail!(
+                "several nodes must share their secrets: give every node the same \
+                 --jwt-secret and --publish-key (or BELFRY_JWT_SECRET and BELFRY_PUBLISH_KEYS)"
+            );
+        }
+    }
+    let secrets = secrets::resolve(&dir, jwt_secret, keys)?;
     let rd = Retention::default();
     let ld = Limits::default();
     let hd = Heartbeat::default();
@@ -593,6 +600,36 @@ mod tests {
         let cli = Cli::try_parse_from(["belfry-server", "--config", file.to_str().expect("utf-8")])
             .expect("parse");
         assert!(serve_settings(&cli.common, cli.serve).is_err());
+    }
+
+    #[test]
+    fn several_nodes_need_a_shared_postgres_store_and_shared_secrets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_str().expect("utf-8");
+        let settings = |extra: &[&str]| {
+            let mut argv = vec!["belfry-server", "--data-dir", data];
+            argv.extend_from_slice(extra);
+            argv.extend_from_slice(&["--redis-url", "redis://127.0.0.1:6379/?protocol=resp3"]);
+            let cli = Cli::try_parse_from(argv).expect("parse");
+            serve_settings(&cli.common, cli.serve).map_err(|e| e.to_string())
+        };
+        let secrets = [
+            "--jwt-secret",
+            "shared-secret-long-enough",
+            "--publish-key",
+            "k1",
+        ];
+        let sqlite = settings(&secrets).expect_err("refused");
+        assert!(sqlite.contains("postgres://"), "{sqlite}");
+        let pg = ["--database-url", "postgres://belfry@db/belfry"];
+        let generated = settings(&pg).expect_err("refused");
+        assert!(generated.contains("same --jwt-secret"), "{generated}");
+        let ok = settings(&[&pg[..], &secrets[..]].concat()).expect("accepted");
+        assert_eq!(
+            ok.config.redis_url.as_deref(),
+            Some("redis://127.0.0.1:6379/?protocol=resp3")
+        );
+        assert_eq!(ok.config.publish_keys, vec!["k1"]);
     }
 
     #[test]
