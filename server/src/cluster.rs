@@ -22,7 +22,7 @@
 
 use crate::delivery::{self, rooms, session};
 use crate::state::SharedState;
-use belfry_protocol::events;
+use belfry_protocol::events::{self, ReadRequest};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
@@ -363,22 +363,30 @@ async fn follow<A: Adapter>(state: SharedState<A>, mut control: MessageStream<Ch
     }
 }
 
+/// How long before Redis was found unreachable the outage is taken to have begun, for
+/// the read marks re-sent after it (a connection can die some time before a node hears).
+const OUTAGE_MARGIN_MS: i64 = 30_000;
+/// The most read marks re-sent to one device after an outage.
+const MAX_READ_MARKS_RESENT: u32 = 10_000;
+
 /// After each Redis outage: every socket of this node gets the topic rooms the store
-/// says it should have, and a catch-up from where the outage began.
+/// says it should have, a catch-up from where the outage began, and the read marks its
+/// user made since then (made on another node, they could not reach it).
 async fn recover_after_outages<A: Adapter>(
     state: SharedState<A>,
     mut status: watch::Receiver<bool>,
 ) {
-    let mut outage_from = None;
+    let mut outage = None;
     while status.changed().await.is_ok() {
         let up = *status.borrow_and_update();
         if !up {
-            outage_from.get_or_insert(state.head());
+            outage.get_or_insert((state.head(), crate::store::now_ms() - OUTAGE_MARGIN_MS));
             continue;
         }
-        let Some(from) = outage_from.take() else {
+        let Some((from, since)) = outage.take() else {
             continue;
         };
+        let mut read_marks: HashMap<String, Vec<u64>> = HashMap::new();
         let sockets = state
             .io
             .of(events::SUBSCRIBER_NAMESPACE)
@@ -413,6 +421,23 @@ async fn recover_after_outages<A: Adapter>(
             socket.leave(stale);
             socket.join(wanted);
             delivery::recover_from(&state, &socket, &session, from + 1);
+            if !read_marks.contains_key(&session.user) {
+                let ids = state
+                    .store
+                    .read_since(&session.user, since, MAX_READ_MARKS_RESENT)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot read the read marks to re-send");
+                        Vec::new()
+                    });
+                read_marks.insert(session.user.clone(), ids);
+            }
+            for ids in read_marks[&session.user].chunks(belfry_protocol::limits::MAX_READ_IDS) {
+                let marks = ReadRequest::Ids { ids: ids.to_vec() };
+                if let Err(e) = socket.emit(events::READ, &marks) {
+                    tracing::debug!(error = %e, "re-sending read marks");
+                }
+            }
         }
     }
 }

@@ -18,6 +18,7 @@
 mod common;
 
 use belfry_client::{ClientEvent, ConnectionConfig, Device, HistoryQuery, Overrides};
+use belfry_protocol::events::ReadRequest;
 use belfry_server::auth::TokenSigner;
 use belfry_testkit::{
     FaultProxy, Hub, KEY, Nginx, Postgres, Publisher, Redis, SECRET, eventually, free_port,
@@ -158,6 +159,16 @@ impl Phone {
         };
         let history = self.device.history(&query).await.unwrap();
         history.iter().map(|n| n.id).collect()
+    }
+
+    /// The ids the device holds as read.
+    async fn read(&self) -> BTreeSet<u64> {
+        let query = HistoryQuery {
+            limit: Some(1000),
+            ..HistoryQuery::default()
+        };
+        let history = self.device.history(&query).await.unwrap();
+        history.iter().filter(|n| n.read).map(|n| n.id).collect()
     }
 
     /// Waits until the device holds exactly `expected`; checks nothing was stored twice.
@@ -471,6 +482,13 @@ async fn a_redis_outage_loses_nothing_and_the_nodes_resync_after_it() {
         .expect("subscribing works without Redis");
     assert_eq!(status, vec!["ops".to_owned()]);
     let ops = publish(&cluster.nodes[2].publisher(), &["topic:ops"], "deploy").await;
+    // A read mark made on node 0 cannot reach the phone on node 1 either.
+    let marked = laptop
+        .device
+        .mark_read(ReadRequest::Ids { ids: vec![first] })
+        .await
+        .expect("marking read works without Redis");
+    assert_eq!(marked, 1);
     let marker = publish(&cluster.nodes[2].publisher(), &["user:gus"], "marker").await;
     let both = BTreeSet::from([first, during, ops, marker]);
     laptop.holds_exactly(&both).await;
@@ -478,9 +496,16 @@ async fn a_redis_outage_loses_nothing_and_the_nodes_resync_after_it() {
     let missed = BTreeSet::from([first, during, marker]);
     phone.holds_exactly(&missed).await;
 
-    // Redis is back: node 1 rebuilds the phone's rooms from the store and catches it up.
+    assert!(phone.read().await.is_empty());
+
+    // Redis is back: node 1 rebuilds the phone's rooms from the store, catches it up and
+    // re-sends the read marks made meanwhile.
     cluster.redis.resume().await;
     phone.holds_exactly(&both).await;
+    eventually("the read mark to reach the phone", || async {
+        (phone.read().await == BTreeSet::from([first])).then_some(())
+    })
+    .await;
     // And the link works again: a later topic notification reaches the phone live.
     let later = publish(&cluster.nodes[2].publisher(), &["topic:ops"], "later").await;
     let all = BTreeSet::from([first, during, ops, marker, later]);

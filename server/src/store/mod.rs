@@ -343,6 +343,30 @@ impl Store {
         Ok(Some(out))
     }
 
+    /// The ids `user` marked read at or after `since` (Unix ms), ascending, at most
+    /// `limit` (the newest kept).
+    pub async fn read_since(
+        &self,
+        user: &str,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let mut ids: Vec<i64> = on!(&mut c.conn(), c => {
+            sqlx::query_scalar(
+                "SELECT notification_id FROM user_state WHERE user_id = $1 AND read_at >= $2 \
+                 ORDER BY notification_id DESC LIMIT $3",
+            )
+            .bind(user)
+            .bind(since)
+            .bind(i64::from(limit))
+            .fetch_all(c)
+            .await?
+        });
+        ids.reverse();
+        Ok(ids.into_iter().map(|id| id as u64).collect())
+    }
+
     /// Committed notifications with id > `after`, ascending, at most `limit`, with their
     /// targets: what [`feed`] hands to delivery. One statement, so one snapshot.
     async fn committed_after(
