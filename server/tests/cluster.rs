@@ -25,7 +25,7 @@ use belfry_testkit::{
 };
 use common::{Event, Subscriber};
 use rand::Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -91,16 +91,9 @@ impl Cluster {
 
     /// Devices of `user` connected anywhere, as node `n` counts them.
     async fn presence(&self, n: usize, user: &str) -> u64 {
-        let body: Value = self.nodes[n]
-            .http
-            .get(format!("{}/api/v1/presence/{user}", self.nodes[n].url))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = self.nodes[n]
+            .get(&format!("/api/v1/presence/{user}"), KEY)
+            .await;
         body["devices"].as_u64().unwrap()
     }
 }
@@ -151,24 +144,29 @@ impl Phone {
         }
     }
 
-    /// The ids the device holds.
-    async fn held(&self) -> BTreeSet<u64> {
+    /// The ids the device holds, with whether it holds each as read.
+    async fn history(&self) -> BTreeMap<u64, bool> {
         let query = HistoryQuery {
             limit: Some(1000),
             ..HistoryQuery::default()
         };
         let history = self.device.history(&query).await.unwrap();
-        history.iter().map(|n| n.id).collect()
+        history.iter().map(|n| (n.id, n.read)).collect()
+    }
+
+    /// The ids the device holds.
+    async fn held(&self) -> BTreeSet<u64> {
+        self.history().await.into_keys().collect()
     }
 
     /// The ids the device holds as read.
     async fn read(&self) -> BTreeSet<u64> {
-        let query = HistoryQuery {
-            limit: Some(1000),
-            ..HistoryQuery::default()
-        };
-        let history = self.device.history(&query).await.unwrap();
-        history.iter().filter(|n| n.read).map(|n| n.id).collect()
+        let history = self.history().await;
+        history
+            .into_iter()
+            .filter(|(_, read)| *read)
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// Waits until the device holds exactly `expected`; checks nothing was stored twice.
