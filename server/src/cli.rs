@@ -294,6 +294,9 @@ fn serve_settings(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<ServeS
     };
     let database_url = args.database_url.or(file.database_url);
     let redis_url = args.redis_url.or(file.redis_url);
+    if let Some(url) = &redis_url {
+        crate::cluster::resp3_url(url).map_err(anyhow::Error::msg)?;
+    }
     if redis_url.is_some()
         && !database_url
             .as_deref()

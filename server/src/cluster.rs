@@ -30,6 +30,7 @@ use socketioxide_redis::CustomRedisAdapter;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -88,9 +89,32 @@ impl std::fmt::Debug for RedisLink {
     }
 }
 
+/// The Redis URL with RESP3 asked for, which the link needs (Redis 7 or later): added
+/// when the URL names no protocol, lower-cased when it says `RESP3` (redis-rs knows only
+/// `resp3` and `3`). A URL that asks for RESP2 is refused.
+pub fn resp3_url(url: &str) -> Result<String, String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| format!("cannot read the query of the Redis URL: {e}"))?;
+    match pairs.iter_mut().find(|(k, _)| k == "protocol") {
+        Some((_, v)) if v == "3" || v.eq_ignore_ascii_case("resp3") => *v = "resp3".into(),
+        Some((_, v)) => {
+            return Err(format!(
+                "the Redis URL asks for protocol {v}: Belfry needs RESP3 (protocol=resp3, Redis 7 or later)"
+            ));
+        }
+        None => pairs.push(("protocol".into(), "resp3".into())),
+    }
+    let query = serde_urlencoded::to_string(&pairs).map_err(|e| e.to_string())?;
+    Ok(format!("{base}?{query}"))
+}
+
 impl RedisLink {
-    /// Connects (RESP3 is required: `?protocol=resp3`).
+    /// Connects, with RESP3 (see [`resp3_url`]).
     pub async fn connect(url: &str) -> Result<RedisLink, redis::RedisError> {
+        let url = resp3_url(url).map_err(|why| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad Redis URL", why))
+        })?;
         let client = redis::Client::open(url)?;
         let (pushes, pushed) = mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
@@ -321,6 +345,11 @@ pub async fn start<A: Adapter>(
     let Some(link) = state.peers.link() else {
         return Ok(Vec::new());
     };
+    state.metrics.redis_linked.store(true, Relaxed);
+    state
+        .metrics
+        .redis_up
+        .store(*link.status().borrow(), Relaxed);
     let control = link
         .subscribe(CONTROL.to_owned(), CHANNEL_BUFFER)
         .await
@@ -379,7 +408,9 @@ async fn recover_after_outages<A: Adapter>(
     let mut outage = None;
     while status.changed().await.is_ok() {
         let up = *status.borrow_and_update();
+        state.metrics.redis_up.store(up, Relaxed);
         if !up {
+            state.metrics.redis_outages_total.fetch_add(1, Relaxed);
             outage.get_or_insert((state.head(), crate::store::now_ms() - OUTAGE_MARGIN_MS));
             continue;
         }
@@ -445,6 +476,21 @@ async fn recover_after_outages<A: Adapter>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redis_url_always_asks_for_resp3() {
+        let ok = |url| resp3_url(url).expect("accepted");
+        assert_eq!(ok("redis://r:6379"), "redis://r:6379?protocol=resp3");
+        assert_eq!(ok("redis://r:6379/"), "redis://r:6379/?protocol=resp3");
+        assert_eq!(ok("redis://r/?protocol=RESP3"), "redis://r/?protocol=resp3");
+        assert_eq!(ok("redis://r/0?protocol=3"), "redis://r/0?protocol=resp3");
+        assert_eq!(
+            ok("rediss://u:p@r/?insecure=1&protocol=resp3"),
+            "rediss://u:p@r/?insecure=1&protocol=resp3"
+        );
+        let refused = resp3_url("redis://r/?protocol=resp2").expect_err("refused");
+        assert!(refused.contains("RESP3"), "{refused}");
+    }
 
     #[test]
     fn control_messages_have_a_stable_wire_form() {

@@ -2,7 +2,7 @@
 //! `GET /metrics`. Plain atomics: every update is one relaxed add on a hot path.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds of the publish-to-emit latency buckets, in seconds.
@@ -35,6 +35,13 @@ pub struct Metrics {
     pub catch_up_notifications_total: AtomicU64,
     /// Catch-ups from a cursor at the head, answered without reading the store.
     pub catch_ups_up_to_date_total: AtomicU64,
+    /// Whether this hub is linked to other nodes through Redis (the two Redis metrics
+    /// are rendered only then).
+    pub redis_linked: AtomicBool,
+    /// Whether Redis answers with every channel subscribed.
+    pub redis_up: AtomicBool,
+    /// Times the link to Redis was lost.
+    pub redis_outages_total: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -125,6 +132,20 @@ impl Metrics {
         ];
         for (name, help, value) in counters {
             metric(name, "counter", help, value.load(Relaxed).to_string());
+        }
+        if self.redis_linked.load(Relaxed) {
+            metric(
+                "belfry_redis_link_up",
+                "gauge",
+                "1 while Redis, which links the hub nodes, answers with every channel subscribed; 0 otherwise.",
+                u8::from(self.redis_up.load(Relaxed)).to_string(),
+            );
+            metric(
+                "belfry_redis_outages_total",
+                "counter",
+                "Times the link to Redis was lost.",
+                self.redis_outages_total.load(Relaxed).to_string(),
+            );
         }
         let name = "belfry_publish_to_emit_seconds";
         let _ = writeln!(

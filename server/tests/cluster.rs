@@ -495,6 +495,7 @@ async fn a_redis_outage_loses_nothing_and_the_nodes_resync_after_it() {
     phone.holds_exactly(&missed).await;
 
     assert!(phone.read().await.is_empty());
+    assert_eq!(cluster.nodes[1].metric("belfry_redis_link_up").await, 0);
 
     // Redis is back: node 1 rebuilds the phone's rooms from the store, catches it up and
     // re-sends the read marks made meanwhile.
@@ -514,6 +515,10 @@ async fn a_redis_outage_loses_nothing_and_the_nodes_resync_after_it() {
         2,
         "presence spans nodes again"
     );
+    for node in &cluster.nodes {
+        assert_eq!(node.metric("belfry_redis_link_up").await, 1);
+        assert_eq!(node.metric("belfry_redis_outages_total").await, 1);
+    }
 }
 
 #[tokio::test]
