@@ -93,6 +93,11 @@ impl std::fmt::Debug for RedisLink {
 /// when the URL names no protocol, lower-cased when it says `RESP3` (redis-rs knows only
 /// `resp3` and `3`). A URL that asks for RESP2 is refused.
 pub fn resp3_url(url: &str) -> Result<String, String> {
+    // A fragment (`#insecure`: TLS without checking the certificate) stays last.
+    let (url, fragment) = match url.split_once('#') {
+        Some((url, fragment)) => (url, format!("#{fragment}")),
+        None => (url, String::new()),
+    };
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| format!("cannot read the query of the Redis URL: {e}"))?;
@@ -106,7 +111,7 @@ pub fn resp3_url(url: &str) -> Result<String, String> {
         None => pairs.push(("protocol".into(), "resp3".into())),
     }
     let query = serde_urlencoded::to_string(&pairs).map_err(|e| e.to_string())?;
-    Ok(format!("{base}?{query}"))
+    Ok(format!("{base}?{query}{fragment}"))
 }
 
 impl RedisLink {
@@ -487,6 +492,10 @@ mod tests {
         assert_eq!(
             ok("rediss://u:p@r/?insecure=1&protocol=resp3"),
             "rediss://u:p@r/?insecure=1&protocol=resp3"
+        );
+        assert_eq!(
+            ok("rediss://r:6380/#insecure"),
+            "rediss://r:6380/?protocol=resp3#insecure"
         );
         let refused = resp3_url("redis://r/?protocol=resp2").expect_err("refused");
         assert!(refused.contains("RESP3"), "{refused}");

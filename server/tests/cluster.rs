@@ -1,6 +1,7 @@
 //! Three hub nodes (the real binary) on one PostgreSQL database, linked by Redis, behind
 //! nginx with the configuration in `deploy/nginx/`. PostgreSQL, Redis and nginx are
-//! started by the tests on loopback ports of their own. Devices are the real client core
+//! started by the tests on loopback ports of their own; the nodes reach PostgreSQL and
+//! Redis over TLS, as they would across a network. Devices are the real client core
 //! (`belfry-client`, as the desktop app runs it) or raw Socket.IO subscribers.
 //!
 //! - every node delivers what any node published, read marks and subscriptions reach
@@ -49,7 +50,7 @@ impl Cluster {
     async fn start() -> Cluster {
         let postgres = Postgres::start().await;
         let redis = Redis::start().await;
-        let database = postgres.database().await;
+        let database = format!("{}?sslmode=require", postgres.database().await);
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
         for _ in 0..3 {
@@ -87,6 +88,21 @@ impl Cluster {
             .unwrap()
             .status();
         assert!(status.is_success(), "subscribe answered {status}");
+    }
+
+    /// The hubs' connections to PostgreSQL: how many use TLS, of how many.
+    async fn database_connections_over_tls(&self) -> (i64, i64) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&self.postgres.url("postgres"))
+            .await
+            .unwrap();
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'belfry-hub'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
     }
 
     /// Devices of `user` connected anywhere, as node `n` counts them.
@@ -212,8 +228,11 @@ async fn three_nodes_share_delivery_read_marks_subscriptions_and_presence() {
     laptop.catch_up().await;
     phone.catch_up().await;
 
-    // Presence counts devices on every node, asked anywhere.
+    // Presence counts devices on every node, asked anywhere (through Redis over TLS: the
+    // test's Redis has no plain port).
     assert_eq!(cluster.presence(2, "ann").await, 2);
+    let (tls, all) = cluster.database_connections_over_tls().await;
+    assert!(all >= 6 && tls == all, "{tls} of {all} connections use TLS");
 
     // Published on the third node, delivered live on the other two.
     let hello = publish(&cluster.nodes[2].publisher(), &["user:ann"], "hello").await;

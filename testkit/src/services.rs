@@ -1,5 +1,6 @@
 //! The services a multi-node hub needs, started by the test itself on loopback ports: a
-//! PostgreSQL server (Debian's `postgresql` package) and a `redis-server`. Each can be
+//! PostgreSQL server (Debian's `postgresql` package) and a `redis-server`, both speaking
+//! TLS with a self-signed certificate (PostgreSQL also takes plain connections). Each can be
 //! stopped and started again on the same port and data (to test a restart), and stops
 //! when dropped, or when the test process dies in any way: each runs under a small shell
 //! that stops it once its standard input (a pipe from the test) closes.
@@ -121,6 +122,24 @@ impl Postgres {
             .await
             .unwrap();
         assert!(init.success(), "initdb failed");
+        // TLS with a certificate of its own (PostgreSQL reads server.crt and server.key in
+        // the data dir; the key must belong to the server's user, mode 0600).
+        let (cert, key) = self_signed();
+        let (crt, pem) = (data.join("server.crt"), data.join("server.key"));
+        std::fs::write(&crt, cert).unwrap();
+        std::fs::write(&pem, key).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        if is_root() {
+            let owned = std::process::Command::new("chown")
+                .arg("postgres:postgres")
+                .args([&crt, &pem])
+                .status()
+                .unwrap();
+            assert!(owned.success(), "cannot give the certificate to postgres");
+        }
         let mut server = Postgres {
             port: free_port(),
             child: None,
@@ -156,7 +175,7 @@ impl Postgres {
             .args(["-c", "unix_socket_directories="])
             // Scratch data: a machine crash is not what these tests are about.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "max_connections=200"]);
+            .args(["-c", "max_connections=200", "-c", "ssl=on"]);
         self.child = Some(spawn_guarded(cmd));
         let url = self.url("postgres");
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -191,28 +210,43 @@ impl Postgres {
     }
 }
 
-/// A `redis-server` of the test's own, keeping nothing on disk.
+/// A certificate for 127.0.0.1 and localhost, signed by itself, and its key (PEM).
+fn self_signed() -> (String, String) {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let made = rcgen::generate_simple_self_signed(names).unwrap();
+    (made.cert.pem(), made.key_pair.serialize_pem())
+}
+
+/// A `redis-server` of the test's own, keeping nothing on disk, reached over TLS only.
 #[derive(Debug)]
 pub struct Redis {
-    /// Its port on 127.0.0.1.
+    /// Its TLS port on 127.0.0.1.
     pub port: u16,
     child: Option<(Child, ChildStdin)>,
+    /// Its certificate and key.
+    tls: tempfile::TempDir,
 }
 
 impl Redis {
     /// Starts one on a free port.
     pub async fn start() -> Redis {
+        let tls = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed();
+        std::fs::write(tls.path().join("cert.pem"), cert).unwrap();
+        std::fs::write(tls.path().join("key.pem"), key).unwrap();
         let mut redis = Redis {
             port: free_port(),
             child: None,
+            tls,
         };
         redis.resume().await;
         redis
     }
 
-    /// `redis://127.0.0.1:<port>/?protocol=resp3`.
+    /// `rediss://127.0.0.1:<port>/?protocol=resp3#insecure`: TLS, without checking the
+    /// self-signed certificate.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/?protocol=resp3", self.port)
+        format!("rediss://127.0.0.1:{}/?protocol=resp3#insecure", self.port)
     }
 
     /// Starts it (again) on its port; returns once it answers.
@@ -221,7 +255,17 @@ impl Redis {
         let mut cmd = Command::new("sh");
         // Killed when stopped: gone at once, as when its machine fails.
         cmd.args(["-c", GUARD, "sh", "KILL", "redis-server"])
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .args([
+                "--tls-port",
+                &self.port.to_string(),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(self.tls.path().join("cert.pem"))
+            .arg("--tls-key-file")
+            .arg(self.tls.path().join("key.pem"))
             .args(["--save", "", "--appendonly", "no"]);
         self.child = Some(spawn_guarded(cmd));
         wait_for_port(self.port, "redis-server").await;
