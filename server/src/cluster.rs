@@ -1,39 +1,42 @@
-//! Several hub nodes: what crosses between them, and the Redis link that carries it.
+//! Several nodes: what crosses between them, and the Redis link that carries part of it.
 //!
 //! - **Notifications** do not cross through Redis: every node reads what any node
 //!   committed from the shared PostgreSQL store, in id order (`store/feed.rs`). Redis
 //!   failing can neither lose nor reorder one.
+//! - **Room changes** (a subscribe made on one node puts the user's devices on every node
+//!   into the topic's room, but only those whose token allows the topic) do not cross
+//!   through Redis either: the transaction that stores a subscription announces it, so
+//!   every node hears it right after the commit, in commit order ([`follow_rooms`]). Each
+//!   node holds back live delivery to the devices it joins, joins them, and catches them
+//!   up from the head at the commit, so nothing published meanwhile is missed. A node
+//!   that stopped hearing (its listening connection was lost) rebuilds every socket's
+//!   rooms from the store once it hears again, and catches every socket up.
 //! - **Events to a user's devices** (`read`, `subscribed`, `unsubscribed`) and **presence
 //!   counts** go through socketioxide's Redis adapter: `to(room).emit` and
-//!   `fetch_sockets` reach every node.
-//! - **Room changes that depend on each socket's token** (a subscribe made on one node
-//!   puts the user's devices on every node into the topic's room, but only those whose
-//!   token allows the topic) go as [`Control`] messages on a channel of Belfry's own.
-//!   Each node applies them to its own sockets and catches up the sockets it joined from
-//!   where the subscribe began, so nothing published meanwhile is missed.
+//!   `fetch_sockets` reach every node. While Redis is unreachable they reach this node's
+//!   devices only; once it is back, each node catches its sockets up from where the
+//!   outage began and re-sends the read marks made since ([`resync`]).
 //! - **The link** ([`RedisLink`]): socketioxide's own Redis driver subscribes once on a
 //!   plain connection and never again after Redis restarts. This one runs on redis-rs's
-//!   `ConnectionManager`, which reconnects; a watchdog pings until Redis answers again,
-//!   subscribes every channel again and reports the link up. While Redis is unreachable,
-//!   each node keeps serving its own sockets (emits fall back to this node's devices).
-//!   Once it is back, each node rebuilds its sockets' topic rooms from the store and
-//!   catches every socket up from where the outage began (a catch-up started by the hub,
-//!   PROTOCOL.md section 7 rule 4), so what an emit or a room change missed reaches them.
+//!   `ConnectionManager`, which reconnects, and a health task that pings Redis every few
+//!   seconds (an idle connection a NAT dropped is noticed too), subscribes every channel
+//!   again once Redis answers, and reports each outage and each return.
 
 use crate::delivery::{self, rooms, session};
 use crate::state::SharedState;
+use crate::store::feed::{RoomChange, RoomEvent};
 use belfry_protocol::events::{self, ReadRequest};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::{Deserialize, Serialize};
 use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
 use socketioxide_redis::CustomRedisAdapter;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 /// The Socket.IO adapter of a hub linked to others through Redis.
 pub type RedisAdapter = CustomRedisAdapter<Emitter, RedisLink>;
@@ -58,14 +61,14 @@ impl HubAdapter for RedisAdapter {
     }
 }
 
-/// The channel of [`Control`] messages.
-const CONTROL: &str = "belfry-control";
 /// How long a request to the other nodes (presence) waits for their answers.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages buffered per Redis channel before the reader drops them (it logs each).
 pub const CHANNEL_BUFFER: usize = 8192;
 /// The longest pause between two pings while Redis is unreachable.
 const MAX_PING_PAUSE: Duration = Duration::from_secs(1);
+/// How often Redis is pinged while the link is up.
+const HEALTH_PING: Duration = Duration::from_secs(5);
 
 type Handlers = RwLock<HashMap<String, mpsc::Sender<ChanItem>>>;
 
@@ -78,13 +81,39 @@ struct Link {
     conn: ConnectionManager,
     handlers: Handlers,
     /// Whether Redis answers and every channel is subscribed.
-    up: watch::Sender<bool>,
+    up: AtomicBool,
+    /// Counts connection losses, so a loss during a return is not mistaken for it.
+    losses: AtomicU64,
+    /// Wakes the health task at once (a lost connection).
+    poke: Arc<Notify>,
+    /// Each outage and each return, in order (never merged), for [`recover_after_outages`].
+    events: mpsc::UnboundedSender<LinkEvent>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<LinkEvent>>>,
+}
+
+/// A change of the link's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkEvent {
+    Down,
+    Up,
+}
+
+impl Link {
+    /// Marks the link down (once per outage).
+    fn lost(&self) {
+        self.losses.fetch_add(1, SeqCst);
+        if self.up.swap(false, SeqCst) {
+            tracing::warn!("lost the connection to Redis; serving this node's devices only");
+            let _ = self.events.send(LinkEvent::Down);
+        }
+        self.poke.notify_one();
+    }
 }
 
 impl std::fmt::Debug for RedisLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLink")
-            .field("up", &*self.0.up.borrow())
+            .field("up", &self.0.up.load(SeqCst))
             .finish_non_exhaustive()
     }
 }
@@ -131,19 +160,33 @@ impl RedisLink {
             .set_number_of_retries(3)
             .set_max_delay(MAX_PING_PAUSE);
         let conn = ConnectionManager::new_with_config(client, config).await?;
+        let (events, events_rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             conn,
             handlers: RwLock::new(HashMap::new()),
-            up: watch::Sender::new(true),
+            up: AtomicBool::new(true),
+            losses: AtomicU64::new(0),
+            poke: Arc::new(Notify::new()),
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
         });
         tokio::spawn(route_pushes(Arc::downgrade(&link), pushed));
+        tokio::spawn(keep_healthy(Arc::downgrade(&link), link.poke.clone()));
         Ok(RedisLink(link))
     }
 
-    /// Follows the link's state: `true` while Redis answers with every channel
-    /// subscribed.
-    pub fn status(&self) -> watch::Receiver<bool> {
-        self.0.up.subscribe()
+    /// Whether Redis answers with every channel subscribed.
+    pub fn is_up(&self) -> bool {
+        self.0.up.load(SeqCst)
+    }
+
+    /// The link's outages and returns (the first caller gets them).
+    fn take_events(&self) -> Option<mpsc::UnboundedReceiver<LinkEvent>> {
+        self.0
+            .events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -173,31 +216,49 @@ async fn route_pushes(link: Weak<Link>, mut pushed: mpsc::UnboundedReceiver<redi
                     tracing::warn!("a Redis channel's reader is behind; a message was dropped");
                 }
             }
-            // Only on the first loss: a watchdog is already running otherwise.
-            redis::PushKind::Disconnection if link.up.send_replace(false) => {
-                tracing::warn!("lost the connection to Redis; serving this node's sockets only");
-                tokio::spawn(watch_for_redis(Arc::downgrade(&link)));
-            }
+            redis::PushKind::Disconnection => link.lost(),
             _ => {}
         }
     }
 }
 
-/// Pings until Redis answers, subscribes every channel again, then reports the link up.
-async fn watch_for_redis(link: Weak<Link>) {
+/// Pings Redis every [`HEALTH_PING`] while the link is up (and at once when a lost
+/// connection pokes it); while it is down, pings more often until Redis answers, then
+/// subscribes every channel again and reports the link up, unless the connection was
+/// lost again meanwhile. Ends when the link is dropped.
+async fn keep_healthy(link: Weak<Link>, poke: Arc<Notify>) {
     let mut pause = Duration::from_millis(50);
     loop {
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_PING_PAUSE);
+        let wait = match link.upgrade() {
+            Some(link) if link.up.load(SeqCst) => HEALTH_PING,
+            Some(_) => pause,
+            None => return,
+        };
+        let poked = tokio::select! {
+            () = poke.notified() => true,
+            () = tokio::time::sleep(wait) => false,
+        };
+        if poked {
+            pause = Duration::from_millis(50);
+            continue;
+        }
         let Some(link) = link.upgrade() else {
             return;
         };
+        let losses = link.losses.load(SeqCst);
         let mut conn = link.conn.clone();
-        if redis::cmd("PING")
+        let answered = redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
-            .is_err()
-        {
+            .is_ok();
+        if link.up.load(SeqCst) {
+            if !answered {
+                link.lost();
+            }
+            continue;
+        }
+        pause = (pause * 2).min(MAX_PING_PAUSE);
+        if !answered {
             continue;
         }
         // The manager resubscribes by itself, but ignores failures doing so: subscribe
@@ -212,9 +273,11 @@ async fn watch_for_redis(link: Weak<Link>) {
         if !channels.is_empty() && conn.subscribe(&channels).await.is_err() {
             continue;
         }
-        link.up.send_replace(true);
-        tracing::info!("Redis is back; every channel is subscribed again");
-        return;
+        if link.losses.load(SeqCst) == losses && !link.up.swap(true, SeqCst) {
+            pause = Duration::from_millis(50);
+            tracing::info!("Redis is back; every channel is subscribed again");
+            let _ = link.events.send(LinkEvent::Up);
+        }
     }
 }
 
@@ -274,36 +337,9 @@ impl Driver for RedisLink {
     }
 }
 
-/// A room change for other nodes to apply to their own sockets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Control {
-    /// `user` subscribed to `topic`: devices whose token allows it join its room, and
-    /// catch up from `from` (exclusive), the head when the subscribe began.
-    Subscribed {
-        /// The node the change was made on.
-        node: String,
-        /// The user.
-        user: String,
-        /// The topic.
-        topic: String,
-        /// Catch up the joined devices from after this id.
-        from: u64,
-    },
-    /// `user` unsubscribed from `topic`: their devices leave its room.
-    Unsubscribed {
-        /// The node the change was made on.
-        node: String,
-        /// The user.
-        user: String,
-        /// The topic.
-        topic: String,
-    },
-}
-
-/// This node's side of the link to the others (nothing on a single node).
+/// This node's link to the others (nothing on a single node).
 #[derive(Debug, Clone, Default)]
-pub struct Peers(Option<(RedisLink, String)>);
+pub struct Peers(Option<RedisLink>);
 
 impl Peers {
     /// No other nodes.
@@ -311,168 +347,166 @@ impl Peers {
         Peers(None)
     }
 
-    /// Linked to the other nodes through `link`, under a fresh node id.
+    /// Linked to the other nodes through `link`.
     pub fn linked(link: RedisLink) -> Peers {
-        let node = format!("{:016x}", rand::random::<u64>());
-        Peers(Some((link, node)))
-    }
-
-    /// This node's id (empty on a single node).
-    pub fn node(&self) -> &str {
-        self.0.as_ref().map_or("", |(_, node)| node)
+        Peers(Some(link))
     }
 
     /// The link, when there are other nodes.
     pub fn link(&self) -> Option<&RedisLink> {
-        self.0.as_ref().map(|(link, _)| link)
-    }
-
-    /// Tells the other nodes. A message lost while Redis is unreachable is made up for
-    /// when the link is back (see the module documentation).
-    pub async fn announce(&self, message: &Control) {
-        let Some((link, _)) = &self.0 else {
-            return;
-        };
-        let Ok(bytes) = serde_json::to_vec(message) else {
-            return;
-        };
-        if let Err(e) = link.publish(CONTROL.to_owned(), bytes).await {
-            tracing::debug!(error = %e, "cannot tell the other nodes; they resync when Redis is back");
-        }
+        self.0.as_ref()
     }
 }
 
-/// Starts this node's cluster tasks: applying other nodes' [`Control`] messages and
-/// recovering after a Redis outage. Nothing on a single node.
-pub async fn start<A: Adapter>(
-    state: &SharedState<A>,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let Some(link) = state.peers.link() else {
-        return Ok(Vec::new());
+/// Starts following the Redis link: recovery after each outage. Nothing on a single
+/// node.
+pub fn start<A: Adapter>(state: &SharedState<A>) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(events) = state.peers.link().and_then(RedisLink::take_events) else {
+        return Vec::new();
     };
     state.metrics.redis_linked.store(true, Relaxed);
-    state
-        .metrics
-        .redis_up
-        .store(*link.status().borrow(), Relaxed);
-    let control = link
-        .subscribe(CONTROL.to_owned(), CHANNEL_BUFFER)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to the nodes' control channel: {e}"))?;
-    Ok(vec![
-        tokio::spawn(follow(state.clone(), control)),
-        tokio::spawn(recover_after_outages(state.clone(), link.status())),
-    ])
+    state.metrics.redis_up.store(true, Relaxed);
+    vec![tokio::spawn(recover_after_outages(state.clone(), events))]
 }
 
-/// Applies the other nodes' control messages to this node's sockets.
-async fn follow<A: Adapter>(state: SharedState<A>, mut control: MessageStream<ChanItem>) {
-    use futures_util::StreamExt;
-    while let Some((_, bytes)) = control.next().await {
-        let message: Control = match serde_json::from_slice(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring a malformed control message");
-                continue;
-            }
-        };
-        match message {
-            Control::Subscribed { node, .. } | Control::Unsubscribed { node, .. }
-                if node == state.peers.node() => {}
-            Control::Subscribed {
-                user, topic, from, ..
-            } => {
+/// Applies the room changes every node's transactions announce (see `store/feed.rs`) to
+/// this node's sockets, and resyncs them after announcements may have gone unheard.
+pub async fn follow_rooms<A: Adapter>(
+    state: SharedState<A>,
+    mut changes: mpsc::UnboundedReceiver<RoomEvent>,
+) {
+    let mut unheard_since = None;
+    while let Some(event) = changes.recv().await {
+        match event {
+            RoomEvent::Change(RoomChange::Subscribed { user, topic, from }) => {
                 let _user = state.user_lock(&user).lock().await;
-                for socket in state.join_topic(&user, &topic) {
-                    if let Some(session) = session(&socket) {
-                        delivery::recover_from(&state, &socket, &session, from + 1);
-                    }
+                for socket in state.outside_topic(&user, &topic) {
+                    let Some(session) = session(&socket) else {
+                        continue;
+                    };
+                    // Held back first: nothing published after `from` may reach it live
+                    // before the catch-up has sent what it missed.
+                    delivery::hold_live_from(&session, from + 1);
+                    socket.join(rooms::topic(&topic));
+                    delivery::recover(&state, &socket);
                 }
             }
-            Control::Unsubscribed { user, topic, .. } => {
+            RoomEvent::Change(RoomChange::Unsubscribed { user, topic }) => {
                 let _user = state.user_lock(&user).lock().await;
                 state.leave_topic(&user, &topic);
             }
+            RoomEvent::Lost => {
+                unheard_since.get_or_insert_with(|| Outage::began(&state));
+            }
+            RoomEvent::Resumed => {
+                if let Some(outage) = unheard_since.take() {
+                    resync(&state, outage).await;
+                }
+            }
         }
     }
 }
 
-/// How long before Redis was found unreachable the outage is taken to have begun, for
-/// the read marks re-sent after it (a connection can die some time before a node hears).
+/// Where an outage began: the head, and the time less a margin (a connection can die
+/// some time before its node hears of it).
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    head: u64,
+    since_ms: i64,
+}
+
+impl Outage {
+    fn began<A: Adapter>(state: &SharedState<A>) -> Outage {
+        Outage {
+            head: state.head(),
+            since_ms: crate::store::now_ms() - OUTAGE_MARGIN_MS,
+        }
+    }
+}
+
+/// How long before a node noticed an outage it is taken to have begun.
 const OUTAGE_MARGIN_MS: i64 = 30_000;
 /// The most read marks re-sent to one device after an outage.
 const MAX_READ_MARKS_RESENT: u32 = 10_000;
 
-/// After each Redis outage: every socket of this node gets the topic rooms the store
-/// says it should have, a catch-up from where the outage began, and the read marks its
-/// user made since then (made on another node, they could not reach it).
+/// After each Redis outage, [`resync`] this node's sockets.
 async fn recover_after_outages<A: Adapter>(
     state: SharedState<A>,
-    mut status: watch::Receiver<bool>,
+    mut events: mpsc::UnboundedReceiver<LinkEvent>,
 ) {
     let mut outage = None;
-    while status.changed().await.is_ok() {
-        let up = *status.borrow_and_update();
-        state.metrics.redis_up.store(up, Relaxed);
-        if !up {
-            state.metrics.redis_outages_total.fetch_add(1, Relaxed);
-            outage.get_or_insert((state.head(), crate::store::now_ms() - OUTAGE_MARGIN_MS));
-            continue;
+    while let Some(event) = events.recv().await {
+        match event {
+            LinkEvent::Down => {
+                state.metrics.redis_up.store(false, Relaxed);
+                state.metrics.redis_outages_total.fetch_add(1, Relaxed);
+                outage.get_or_insert_with(|| Outage::began(&state));
+            }
+            LinkEvent::Up => {
+                state.metrics.redis_up.store(true, Relaxed);
+                if let Some(outage) = outage.take() {
+                    resync(&state, outage).await;
+                }
+            }
         }
-        let Some((from, since)) = outage.take() else {
+    }
+}
+
+/// For every socket of this node, after an outage: the topic rooms the store says it
+/// belongs in, a catch-up from where the outage began, and the read marks its user made
+/// since (made on another node, they could not reach it).
+async fn resync<A: Adapter>(state: &SharedState<A>, outage: Outage) {
+    let sockets = state
+        .io
+        .of(events::SUBSCRIBER_NAMESPACE)
+        .map(|ns| ns.sockets())
+        .unwrap_or_default();
+    tracing::info!(
+        sockets = sockets.len(),
+        from = outage.head,
+        "catching this node's sockets up after an outage"
+    );
+    let mut read_marks: HashMap<String, Vec<u64>> = HashMap::new();
+    for socket in sockets {
+        let Some(session) = session(&socket) else {
             continue;
         };
-        let mut read_marks: HashMap<String, Vec<u64>> = HashMap::new();
-        let sockets = state
-            .io
-            .of(events::SUBSCRIBER_NAMESPACE)
-            .map(|ns| ns.sockets())
-            .unwrap_or_default();
-        tracing::info!(
-            sockets = sockets.len(),
-            from,
-            "catching up this node's sockets after the Redis outage"
-        );
-        for socket in sockets {
-            let Some(session) = session(&socket) else {
+        let _user = state.user_lock(&session.user).lock().await;
+        let viewer = match state.viewer(&session.user, &session.allowed).await {
+            Ok(viewer) => viewer,
+            Err(e) => {
+                // Its rooms may be stale: a reconnect rebuilds them.
+                tracing::warn!(error = %e, "cannot read subscriptions; disconnecting the socket");
+                let _ = socket.disconnect();
                 continue;
-            };
-            let _user = state.user_lock(&session.user).lock().await;
-            let viewer = match state.viewer(&session.user, &session.allowed).await {
-                Ok(viewer) => viewer,
-                Err(e) => {
-                    // Its rooms may be stale: a reconnect rebuilds them.
-                    tracing::warn!(error = %e, "cannot read subscriptions; disconnecting the socket");
-                    let _ = socket.disconnect();
-                    continue;
-                }
-            };
-            let wanted: Vec<String> = viewer.topics.iter().map(|t| rooms::topic(t)).collect();
-            let stale: Vec<String> = socket
-                .rooms()
-                .into_iter()
-                .map(|r| r.to_string())
-                .filter(|r| r.starts_with("topic:") && !wanted.contains(r))
-                .collect();
-            socket.leave(stale);
-            socket.join(wanted);
-            delivery::recover_from(&state, &socket, &session, from + 1);
-            if !read_marks.contains_key(&session.user) {
-                let ids = state
-                    .store
-                    .read_since(&session.user, since, MAX_READ_MARKS_RESENT)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot read the read marks to re-send");
-                        Vec::new()
-                    });
-                read_marks.insert(session.user.clone(), ids);
             }
-            for ids in read_marks[&session.user].chunks(belfry_protocol::limits::MAX_READ_IDS) {
-                let marks = ReadRequest::Ids { ids: ids.to_vec() };
-                if let Err(e) = socket.emit(events::READ, &marks) {
-                    tracing::debug!(error = %e, "re-sending read marks");
-                }
+        };
+        let wanted: Vec<String> = viewer.topics.iter().map(|t| rooms::topic(t)).collect();
+        let stale: Vec<String> = socket
+            .rooms()
+            .into_iter()
+            .map(|r| r.to_string())
+            .filter(|r| r.starts_with("topic:") && !wanted.contains(r))
+            .collect();
+        delivery::hold_live_from(&session, outage.head + 1);
+        socket.leave(stale);
+        socket.join(wanted);
+        delivery::recover(state, &socket);
+        if !read_marks.contains_key(&session.user) {
+            let ids = state
+                .store
+                .read_since(&session.user, outage.since_ms, MAX_READ_MARKS_RESENT)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read the read marks to re-send");
+                    Vec::new()
+                });
+            read_marks.insert(session.user.clone(), ids);
+        }
+        for ids in read_marks[&session.user].chunks(belfry_protocol::limits::MAX_READ_IDS) {
+            let marks = ReadRequest::Ids { ids: ids.to_vec() };
+            if let Err(e) = socket.emit(events::READ, &marks) {
+                tracing::debug!(error = %e, "re-sending read marks");
             }
         }
     }
@@ -499,21 +533,5 @@ mod tests {
         );
         let refused = resp3_url("redis://r/?protocol=resp2").expect_err("refused");
         assert!(refused.contains("RESP3"), "{refused}");
-    }
-
-    #[test]
-    fn control_messages_have_a_stable_wire_form() {
-        let m = Control::Subscribed {
-            node: "n1".into(),
-            user: "ann".into(),
-            topic: "ops".into(),
-            from: 41,
-        };
-        let json = serde_json::to_string(&m).expect("serializes");
-        assert_eq!(
-            json,
-            r#"{"op":"subscribed","node":"n1","user":"ann","topic":"ops","from":41}"#
-        );
-        assert_eq!(serde_json::from_str::<Control>(&json).expect("parses"), m);
     }
 }

@@ -210,20 +210,18 @@ fn emit_live<A: Adapter>(
     }
 }
 
-/// Catches a socket up from `id` (inclusive) in the background, as when it fell behind:
-/// live delivery to it pauses until the catch-up has sent everything from there again.
-/// For sockets that may have missed something live (they joined a room late, or another
-/// node could not reach them).
-pub fn recover_from<A: Adapter>(
-    state: &SharedState<A>,
-    socket: &SocketRef<A>,
-    session: &Session,
-    id: u64,
-) {
-    {
-        let mut lag = session.lag();
-        *lag = Some(lag.map_or(id, |from| from.min(id)));
-    }
+/// Holds live delivery to a socket back from `id` (inclusive), as when it fell behind:
+/// nothing is emitted to it live until [`recover`] has sent everything from there again.
+/// For a socket that may have missed something live (it joins a room late, or its node
+/// could not hear the others). Call it *before* joining the socket to a room, so that no
+/// live notification slips in between.
+pub fn hold_live_from(session: &Session, id: u64) {
+    let mut lag = session.lag();
+    *lag = Some(lag.map_or(id, |from| from.min(id)));
+}
+
+/// Starts the catch-up of a socket held back with [`hold_live_from`].
+pub fn recover<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>) {
     spawn_recovery(state, socket, Duration::ZERO);
 }
 

@@ -88,16 +88,22 @@ impl<A: HubAdapter> Hub<A> {
             // One writer assigns every id: its commits go straight to delivery.
             store::Dialect::Sqlite => committed,
             // Several nodes may write: deliver what any of them committed, in id order.
+            // Room changes come the same way, in commit order.
             store::Dialect::Postgres => {
+                let (rooms, rooms_rx) = tokio::sync::mpsc::unbounded_channel();
+                let listener = store::feed::Listener::start(&state.store, rooms)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no commit listener on PostgreSQL"))?;
                 let (own, own_rx) = tokio::sync::mpsc::channel(64);
-                let feed = store::feed::run(state.store.clone(), own_rx, committed, head);
+                let feed = store::feed::run(state.store.clone(), listener, own_rx, committed, head);
                 tasks.push(tokio::spawn(feed));
+                tasks.push(tokio::spawn(cluster::follow_rooms(state.clone(), rooms_rx)));
                 own
             }
         };
         let writer = tokio::spawn(writer.run(committed));
         tasks.push(tokio::spawn(retention::run(state.clone())));
-        tasks.extend(cluster::start(&state).await?);
+        tasks.extend(cluster::start(&state));
         let receipts_stop = Arc::new(tokio::sync::Notify::new());
         let receipts = tokio::spawn(receipts::run(state.clone(), receipts_stop.clone()));
         Ok(Hub {

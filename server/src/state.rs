@@ -2,7 +2,7 @@
 //! HTTP and Socket.IO share (publish, subscribe, read), so both edges behave the same.
 
 use crate::auth::{PublishKeys, TokenSigner, UserClaims};
-use crate::cluster::{Control, Peers};
+use crate::cluster::Peers;
 use crate::config::Config;
 use crate::delivery::{self, Session, rooms};
 use crate::metrics::Metrics;
@@ -215,12 +215,11 @@ impl<A: Adapter> AppState<A> {
         self.sockets_in(vec![room])
     }
 
-    /// Joins this node's sockets of `user` whose token allows `topic` to its room; returns
-    /// those that were not in it yet.
-    pub(crate) fn join_topic(&self, user: &str, topic: &str) -> Vec<SocketRef<A>> {
+    /// This node's sockets of `user` whose token allows `topic` and that are not in its
+    /// room yet.
+    pub(crate) fn outside_topic(&self, user: &str, topic: &str) -> Vec<SocketRef<A>> {
         let topic_room = rooms::topic(topic);
-        let joined: Vec<_> = self
-            .room_sockets(rooms::user(user))
+        self.room_sockets(rooms::user(user))
             .into_iter()
             .filter(|s| {
                 s.extensions
@@ -228,9 +227,15 @@ impl<A: Adapter> AppState<A> {
                     .is_some_and(|session| session.allowed.allows(topic))
             })
             .filter(|s| !s.rooms().iter().any(|r| *r == topic_room))
-            .collect();
+            .collect()
+    }
+
+    /// Joins this node's sockets of `user` whose token allows `topic` to its room; returns
+    /// those that were not in it yet.
+    fn join_topic(&self, user: &str, topic: &str) -> Vec<SocketRef<A>> {
+        let joined = self.outside_topic(user, topic);
         for s in &joined {
-            s.join(topic_room.clone());
+            s.join(rooms::topic(topic));
         }
         joined
     }
@@ -245,22 +250,14 @@ impl<A: Adapter> AppState<A> {
     ) -> Result<bool, ErrorBody> {
         check_topic(claims, topic)?;
         let _user = self.user_lock(&claims.sub).lock().await;
-        // Join before storing, so nothing published in between is missed live. Other
-        // nodes join their devices after the store, and catch them up from here.
-        let head = self.head();
+        // Join before storing, so nothing published in between is missed live. (Other
+        // nodes hear of it from the store's commit and catch their devices up: see
+        // cluster.rs.)
         let joined = self.join_topic(&claims.sub, topic);
         let max = self.config.limits.max_subscriptions;
         match self.store.writer().subscribe(&claims.sub, topic, max).await {
             Ok(new) => {
                 if new {
-                    self.peers
-                        .announce(&Control::Subscribed {
-                            node: self.peers.node().to_owned(),
-                            user: claims.sub.clone(),
-                            topic: topic.to_owned(),
-                            from: head,
-                        })
-                        .await;
                     self.tell_devices(&claims.sub, from, events::SUBSCRIBED, topic)
                         .await;
                 }
@@ -288,13 +285,6 @@ impl<A: Adapter> AppState<A> {
         let removed = self.store.writer().unsubscribe(user, topic).await?;
         self.leave_topic(user, topic);
         if removed {
-            self.peers
-                .announce(&Control::Unsubscribed {
-                    node: self.peers.node().to_owned(),
-                    user: user.to_owned(),
-                    topic: topic.to_owned(),
-                })
-                .await;
             self.tell_devices(user, from, events::UNSUBSCRIBED, topic)
                 .await;
         }

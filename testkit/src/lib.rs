@@ -241,6 +241,9 @@ impl Hub {
                 // Keep draining stdout so the hub never blocks on a full pipe.
                 tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
                 self.child = Some(child);
+                // The line comes once the port is bound; the hub answers once its store,
+                // and its links to other nodes, are ready.
+                self.wait_ready(deadline).await;
                 return;
             }
             let _ = child.kill().await;
@@ -249,6 +252,25 @@ impl Hub {
                 "the hub never started"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `/healthz` answers 200.
+    async fn wait_ready(&mut self, deadline: tokio::time::Instant) {
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("the hub exited while starting: {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the hub never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

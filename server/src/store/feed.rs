@@ -13,6 +13,10 @@
 //!
 //! Ids commit in id order on every node (`writer.rs`), so "everything above the last id
 //! delivered" never passes over an id that commits later.
+//!
+//! The same listening connection hears [`RoomChange`]s: a subscription stored on any node
+//! is announced by its own transaction, so every node hears it right after it commits,
+//! whether or not Redis is up (see `cluster.rs` for what a node does with it).
 
 use super::db::Pool;
 use super::{Committed, Store};
@@ -25,6 +29,81 @@ use tokio::sync::{Notify, mpsc};
 const CHANNEL: &str = "belfry_committed";
 /// The statement a publishing transaction runs before its commit.
 pub(crate) const NOTIFY_COMMITTED: &str = "SELECT pg_notify('belfry_committed', '')";
+/// The channel of [`RoomChange`]s.
+const ROOMS: &str = "belfry_rooms";
+/// The statement that announces a [`RoomChange`] (`$1`: its JSON) at the commit.
+pub(crate) const NOTIFY_ROOMS: &str = "SELECT pg_notify('belfry_rooms', $1)";
+
+/// A change of who belongs in a topic's room, announced by the transaction that stored it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RoomChange {
+    /// `user` subscribed to `topic`; every notification after `from` (the head when the
+    /// subscription was stored) may be for them.
+    Subscribed {
+        /// The user.
+        user: String,
+        /// The topic.
+        topic: String,
+        /// The committed head when the subscription was stored.
+        from: u64,
+    },
+    /// `user` unsubscribed from `topic`.
+    Unsubscribed {
+        /// The user.
+        user: String,
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// What the listening connection reports about room changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// A change, in commit order.
+    Change(RoomChange),
+    /// The listening connection was lost: changes may go unheard until [`RoomEvent::Resumed`].
+    Lost,
+    /// Listening again.
+    Resumed,
+}
+
+/// The node's LISTEN connection (PostgreSQL): it wakes the feed for each commit and
+/// reports room changes. Stops when dropped.
+#[derive(Debug)]
+pub struct Listener {
+    notices: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Listener {
+    /// Listens (returns once LISTEN is in place, so no change after this is unheard);
+    /// room events go to `rooms`. `None` on SQLite.
+    pub async fn start(
+        store: &Store,
+        rooms: mpsc::UnboundedSender<RoomEvent>,
+    ) -> Result<Option<Listener>, super::StoreError> {
+        let Pool::Postgres(pool) = &store.pool else {
+            return Ok(None);
+        };
+        let listener = connect(pool).await?;
+        let notices = Arc::new(Notify::new());
+        let task = tokio::spawn(listen(pool.clone(), listener, notices.clone(), rooms));
+        Ok(Some(Listener { notices, task }))
+    }
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen_all([CHANNEL, ROOMS]).await?;
+    Ok(listener)
+}
 /// How often the store is read without a notice.
 pub const POLL: Duration = Duration::from_secs(1);
 /// The most notifications read from the store at once.
@@ -34,15 +113,12 @@ const PAGE: u32 = 500;
 /// writer stops (`local` closes). `local` carries this node's own commits.
 pub async fn run(
     store: Store,
+    listener: Listener,
     mut local: mpsc::Receiver<Vec<Committed>>,
     out: mpsc::Sender<Vec<Committed>>,
     mut delivered: u64,
 ) {
-    let notices = Arc::new(Notify::new());
-    let listener = match &store.pool {
-        Pool::Postgres(pool) => Some(tokio::spawn(listen(pool.clone(), notices.clone()))),
-        Pool::Sqlite(_) => None,
-    };
+    let notices = listener.notices.clone();
     let mut failing = false;
     loop {
         let own = tokio::select! {
@@ -74,9 +150,7 @@ pub async fn run(
             break;
         }
     }
-    if let Some(listener) = listener {
-        listener.abort();
-    }
+    drop(listener);
     tracing::debug!("store feed stopped");
 }
 
@@ -119,42 +193,45 @@ async fn drain(
     }
 }
 
-/// LISTENs for commits on a connection of its own and signals `notices` for each, and
-/// after the connection was lost (notices may have been missed meanwhile). Runs until
-/// aborted; reconnects on its own.
-async fn listen(pool: PgPool, notices: Arc<Notify>) {
-    let mut pause = Duration::from_millis(100);
+/// Signals `notices` for each commit and after a lost connection (commits may have gone
+/// unheard meanwhile); passes room changes on. Reconnects on its own; runs until aborted.
+async fn listen(
+    pool: PgPool,
+    mut listener: PgListener,
+    notices: Arc<Notify>,
+    rooms: mpsc::UnboundedSender<RoomEvent>,
+) {
     loop {
-        let listening = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = match listening.await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot listen for commits yet");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(POLL);
-                continue;
-            }
-        };
-        pause = Duration::from_millis(100);
-        // Anything committed while not listening.
-        notices.notify_one();
         loop {
             match listener.try_recv().await {
+                Ok(Some(n)) if n.channel() == ROOMS => match serde_json::from_str(n.payload()) {
+                    Ok(change) => drop(rooms.send(RoomEvent::Change(change))),
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed room change"),
+                },
                 Ok(Some(_)) => notices.notify_one(),
-                // Lost: the next call reconnects and listens again.
-                Ok(None) => {
-                    tracing::debug!("commit listener reconnecting");
-                    notices.notify_one();
-                }
+                Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "commit listener failed");
                     break;
                 }
             }
         }
+        tracing::warn!("lost the connection that listens for commits; reconnecting");
+        let _ = rooms.send(RoomEvent::Lost);
+        let mut pause = Duration::from_millis(100);
+        listener = loop {
+            match connect(&pool).await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot listen for commits yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(POLL);
+                }
+            }
+        };
+        tracing::info!("listening for commits again");
+        let _ = rooms.send(RoomEvent::Resumed);
+        // Anything committed while not listening.
+        notices.notify_one();
     }
 }

@@ -14,6 +14,7 @@
 //! stay gap-free with any number of writers (see `feed.rs` for how nodes deliver).
 
 use super::db::{Conn, Dialect, WriteConn, on};
+use super::feed::RoomChange;
 use super::{StoreError, Viewer, feed, head_id, now_ms, rows, target_key, visible_ids};
 use belfry_protocol::{Notification, Target, TopicPatterns, ValidPublish};
 use std::time::Instant;
@@ -22,6 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The most operations committed in one transaction.
 pub const MAX_BATCH: usize = 512;
+/// The most operations in one PostgreSQL transaction: each has a savepoint, and past 64
+/// subtransactions PostgreSQL's per-connection cache of them overflows, which slows
+/// every other connection's snapshots while the transaction runs.
+pub const MAX_BATCH_POSTGRES: usize = 64;
 /// How long an idempotency key is remembered, in milliseconds.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// The most notifications one prune operation deletes (so a prune never holds the writer
@@ -360,9 +365,13 @@ impl Writer {
     /// connection cleanly. Committed notifications go to `committed`, one batch per
     /// transaction, in id order.
     pub async fn run(mut self, committed: mpsc::Sender<Vec<Committed>>) {
-        let mut ops = Vec::with_capacity(MAX_BATCH);
+        let limit = match self.conn.dialect() {
+            Dialect::Sqlite => MAX_BATCH,
+            Dialect::Postgres => MAX_BATCH_POSTGRES,
+        };
+        let mut ops = Vec::with_capacity(limit);
         let mut closed = None;
-        while closed.is_none() && self.rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+        while closed.is_none() && self.rx.recv_many(&mut ops, limit).await > 0 {
             let mut batch = std::mem::take(&mut ops);
             if let Some(at) = batch.iter().position(|op| matches!(op, Op::Close(_))) {
                 // Everything after the close is refused; everything before commits.
@@ -521,18 +530,10 @@ impl Writer {
                 Outcome::Flag(reply, subscribe(conn, &user, &topic, max).await),
                 None,
             ),
-            Op::Unsubscribe { user, topic, reply } => {
-                let r = on!(conn, c => {
-                    sqlx::query("DELETE FROM subscriptions WHERE user_id = $1 AND topic = $2")
-                        .bind(&user)
-                        .bind(&topic)
-                        .execute(c)
-                        .await
-                        .map(|r| r.rows_affected() > 0)
-                        .map_err(Into::into)
-                });
-                (Outcome::Flag(reply, r), None)
-            }
+            Op::Unsubscribe { user, topic, reply } => (
+                Outcome::Flag(reply, unsubscribe(conn, user, topic).await),
+                None,
+            ),
             Op::Prune {
                 max_per_target,
                 reply,
@@ -825,7 +826,14 @@ async fn read(
                 ids = dialect.json_texts("$4", "j"),
                 topics = dialect.json_texts("$2", "topic"),
             );
-            let ids_json = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+            // Each id once (PostgreSQL refuses an upsert that touches a row twice), and
+            // none past what an id can be.
+            let ids: std::collections::BTreeSet<u64> = ids
+                .iter()
+                .copied()
+                .filter(|&id| i64::try_from(id).is_ok())
+                .collect();
+            let ids_json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
             on!(conn, c => {
                 sqlx::query(&sql)
                     .bind(&viewer.user)
@@ -864,7 +872,7 @@ async fn subscribe(
         return Err(StoreError::TooManySubscriptions(max));
     }
     // DO NOTHING: another node may have stored the same subscription meanwhile.
-    let added = on!(conn, c => {
+    let added: u64 = on!(conn, c => {
         sqlx::query(
             "INSERT INTO subscriptions (user_id, topic, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (user_id, topic) DO NOTHING",
@@ -876,10 +884,57 @@ async fn subscribe(
         .await?
         .rows_affected()
     });
+    if added > 0 && conn.dialect() == Dialect::Postgres {
+        let from = u64::try_from(head_id(conn).await?).unwrap_or(0);
+        let change = RoomChange::Subscribed {
+            user: user.to_owned(),
+            topic: topic.to_owned(),
+            from,
+        };
+        announce(conn, &change).await?;
+    }
     Ok(added > 0)
 }
 
+async fn unsubscribe(conn: &mut Conn<'_>, user: String, topic: String) -> Result<bool, StoreError> {
+    let removed: u64 = on!(conn, c => {
+        sqlx::query("DELETE FROM subscriptions WHERE user_id = $1 AND topic = $2")
+            .bind(&user)
+            .bind(&topic)
+            .execute(c)
+            .await?
+            .rows_affected()
+    });
+    if removed > 0 && conn.dialect() == Dialect::Postgres {
+        announce(conn, &RoomChange::Unsubscribed { user, topic }).await?;
+    }
+    Ok(removed > 0)
+}
+
+/// Tells every node about a room change when this transaction commits (PostgreSQL; see
+/// `feed.rs`).
+async fn announce(conn: &mut Conn<'_>, change: &RoomChange) -> Result<(), sqlx::Error> {
+    let payload = serde_json::to_string(change).unwrap_or_default();
+    on!(conn, c => sqlx::query(feed::NOTIFY_ROOMS).bind(&payload).execute(c).await.map(drop))
+}
+
+/// The advisory lock a PostgreSQL prune holds, so one node prunes at a time (two pruning
+/// the same rows would wait on each other, holding up their batches).
+const PRUNE_LOCK: i64 = 0x6265_6c66_7279;
+
 async fn prune(conn: &mut Conn<'_>, max_per_target: u32) -> Result<PruneReport, sqlx::Error> {
+    if conn.dialect() == Dialect::Postgres {
+        let ours: bool = on!(conn, c => {
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(PRUNE_LOCK)
+                .fetch_one(c)
+                .await?
+        });
+        if !ours {
+            // Another node is pruning; the next round here will find less to do.
+            return Ok(PruneReport::default());
+        }
+    }
     let now = now_ms();
     let expired = on!(conn, c => {
         sqlx::query(
