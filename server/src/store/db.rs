@@ -245,12 +245,13 @@ pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// Opens the database (creating an SQLite file if needed), applies the migrations and
-/// returns the read pool and the writer's connection.
-pub(crate) async fn open(
-    data_dir: &Path,
-    url: Option<&str>,
-) -> Result<(Pool, WriteConn), StoreError> {
+/// What [`open`] returns: the read pool, the feed's pool (PostgreSQL: connections of its
+/// own, so live delivery never queues behind a storm of catch-ups; SQLite: the read pool)
+/// and the writer's connection.
+pub(crate) type Opened = (Pool, Pool, WriteConn);
+
+/// Opens the database (creating an SQLite file if needed) and applies the migrations.
+pub(crate) async fn open(data_dir: &Path, url: Option<&str>) -> Result<Opened, StoreError> {
     match url {
         Some(url) if is_postgres(url) => open_postgres(url).await,
         Some(url) => open_sqlite(SqliteConnectOptions::from_str(url)?).await,
@@ -259,7 +260,7 @@ pub(crate) async fn open(
     }
 }
 
-async fn open_sqlite(options: SqliteConnectOptions) -> Result<(Pool, WriteConn), StoreError> {
+async fn open_sqlite(options: SqliteConnectOptions) -> Result<Opened, StoreError> {
     let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -283,16 +284,21 @@ async fn open_sqlite(options: SqliteConnectOptions) -> Result<(Pool, WriteConn),
         .await?;
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
     let conn = options.connect().await?;
-    Ok((Pool::Sqlite(pool), WriteConn::Sqlite(conn)))
+    Ok((
+        Pool::Sqlite(pool.clone()),
+        Pool::Sqlite(pool),
+        WriteConn::Sqlite(conn),
+    ))
 }
 
 /// How long a write waits for a PostgreSQL connection before the publish is refused with
 /// 503 (while the database is down or restarting).
 const PG_WRITE_WAIT: Duration = Duration::from_secs(3);
-/// How long a read waits for one.
-const PG_READ_WAIT: Duration = Duration::from_secs(5);
+/// How long a read waits for one (as long as SQLite's: a catch-up that gives up
+/// disconnects its client, which comes back and queues again).
+const PG_READ_WAIT: Duration = Duration::from_secs(30);
 
-async fn open_postgres(url: &str) -> Result<(Pool, WriteConn), StoreError> {
+async fn open_postgres(url: &str) -> Result<Opened, StoreError> {
     let options = PgConnectOptions::from_str(url)?
         .application_name("belfry-hub")
         .log_statements(tracing::log::LevelFilter::Trace);
@@ -309,7 +315,18 @@ async fn open_postgres(url: &str) -> Result<(Pool, WriteConn), StoreError> {
         .max_connections(1)
         .min_connections(1)
         .acquire_timeout(PG_WRITE_WAIT)
+        .connect_with(options.clone())
+        .await?;
+    // The LISTEN connection and the feed's reads.
+    let feed = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(2)
+        .acquire_timeout(PG_WRITE_WAIT)
         .connect_with(options)
         .await?;
-    Ok((Pool::Postgres(pool), WriteConn::Postgres(writer)))
+    Ok((
+        Pool::Postgres(pool),
+        Pool::Postgres(feed),
+        WriteConn::Postgres(writer),
+    ))
 }

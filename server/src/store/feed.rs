@@ -89,7 +89,7 @@ impl Listener {
         store: &Store,
         rooms: mpsc::UnboundedSender<RoomEvent>,
     ) -> Result<Option<Listener>, super::StoreError> {
-        let Pool::Postgres(pool) = &store.pool else {
+        let Pool::Postgres(pool) = &store.feed else {
             return Ok(None);
         };
         let listener = connect(pool).await?;

@@ -108,6 +108,8 @@ pub type ReceiptRow = (String, Option<OffsetDateTime>, Option<OffsetDateTime>);
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Connections for the feed (see [`feed`]).
+    feed: Pool,
     writer: WriterHandle,
 }
 
@@ -125,11 +127,12 @@ impl Store {
     /// migrations and prepares the writer task. The returned [`Writer`] must be run (see
     /// [`Writer::run`]).
     pub async fn open(data_dir: &Path, url: Option<&str>) -> Result<(Store, Writer), StoreError> {
-        let (pool, conn) = db::open(data_dir, url).await?;
+        let (pool, feed, conn) = db::open(data_dir, url).await?;
         let (writer, handle) = Writer::new(conn);
         Ok((
             Store {
                 pool,
+                feed,
                 writer: handle,
             },
             writer,
@@ -148,15 +151,23 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
-        match self.pool.acquire().await {
-            Ok(mut c) => c.conn().exec("SELECT 1").await.is_ok(),
-            Err(_) => false,
-        }
+        let ping = async {
+            let mut c = self.pool.acquire().await?;
+            c.conn().exec("SELECT 1").await
+        };
+        // A read may wait long for a connection; a health check answers in time.
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(3), ping).await,
+            Ok(Ok(()))
+        )
     }
 
-    /// Closes the read pool (the writer closes its connection when its queue ends).
+    /// Closes the read pools (the writer closes its connection when its queue ends).
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Pool::Postgres(feed) = &self.feed {
+            feed.close().await;
+        }
     }
 
     /// The highest id ever assigned (0 when none).
@@ -374,7 +385,7 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<(Notification, Vec<Target>)>, StoreError> {
-        let mut c = self.pool.acquire().await?;
+        let mut c = self.feed.acquire().await?;
         let mut conn = c.conn();
         let targets = match conn.dialect() {
             Dialect::Sqlite => {
