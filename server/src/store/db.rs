@@ -311,11 +311,13 @@ async fn open_postgres(url: &str) -> Result<Opened, StoreError> {
         .await?;
     // Several nodes starting at once: sqlx holds an advisory lock while it migrates.
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    // A batch that waits on another node's locks longer than this fails (each operation
+    // answers 503) instead of holding up every publish of the cluster behind it.
     let writer = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(1)
         .acquire_timeout(PG_WRITE_WAIT)
-        .connect_with(options.clone())
+        .connect_with(options.clone().options([("lock_timeout", "10s")]))
         .await?;
     // The LISTEN connection and the feed's reads.
     let feed = PgPoolOptions::new()
