@@ -68,6 +68,16 @@ impl Dialect {
         }
     }
 
+    /// `ORDER BY {keys}` on PostgreSQL, nothing on SQLite: for an upsert of many rows, so
+    /// two nodes writing overlapping rows lock them in the same order and never deadlock
+    /// (SQLite has one writer).
+    pub(crate) fn lock_order(self, keys: &str) -> String {
+        match self {
+            Dialect::Sqlite => String::new(),
+            Dialect::Postgres => format!("ORDER BY {keys}"),
+        }
+    }
+
     /// The statement that opens a write transaction. SQLite takes its write lock at once
     /// (so the batch never fails half-way on a busy database).
     pub(crate) fn begin_write(self) -> &'static str {

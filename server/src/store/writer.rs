@@ -301,6 +301,7 @@ fn id_param(id: u64) -> i64 {
 fn mark_acked(dialect: Dialect) -> String {
     let points = dialect.json_values("$1", "point");
     let topics = dialect.json_texts("a.p", "topic");
+    let order = dialect.lock_order("id, u");
     format!(
         "WITH a AS (SELECT value ->> 'u' AS u, CAST(value ->> 'f' AS BIGINT) AS f, \
                     CAST(value ->> 't' AS BIGINT) AS t, value -> 'p' AS p FROM {points}) \
@@ -316,7 +317,7 @@ fn mark_acked(dialect: Dialect) -> String {
              CROSS JOIN notification_targets n \
              WHERE n.kind = 1 AND n.name = topic.value \
                AND n.notification_id > a.f AND n.notification_id <= a.t) AS marked \
-         WHERE true \
+         WHERE true {order} \
          ON CONFLICT (user_id, notification_id) DO UPDATE \
          SET delivered_at = excluded.delivered_at WHERE user_state.delivered_at IS NULL"
     )
@@ -325,10 +326,11 @@ fn mark_acked(dialect: Dialect) -> String {
 /// Raises the acking users' watermarks: `$1` the points as in [`mark_acked`].
 fn raise_ack_watermarks(dialect: Dialect) -> String {
     let points = dialect.json_values("$1", "point");
+    let order = dialect.lock_order("1");
     format!(
         "INSERT INTO users (user_id, acked_up_to) \
          SELECT value ->> 'u', max(CAST(value ->> 't' AS BIGINT)) FROM {points} \
-         WHERE true GROUP BY value ->> 'u' \
+         WHERE true GROUP BY value ->> 'u' {order} \
          ON CONFLICT (user_id) DO UPDATE SET acked_up_to = CASE \
            WHEN excluded.acked_up_to > users.acked_up_to THEN excluded.acked_up_to \
            ELSE users.acked_up_to END"
@@ -789,8 +791,9 @@ async fn read(
             }
             let sql = format!(
                 "INSERT INTO user_state (user_id, notification_id, delivered_at, read_at) \
-                 SELECT $1, id, $5, $5 FROM ({visible}) AS visible WHERE true {upsert}",
-                visible = visible_ids(dialect)
+                 SELECT $1, id, $5, $5 FROM ({visible}) AS visible WHERE true {order} {upsert}",
+                visible = visible_ids(dialect),
+                order = dialect.lock_order("id")
             );
             on!(conn, c => {
                 sqlx::query(
@@ -822,7 +825,8 @@ async fn read(
                     WHERE t.notification_id = CAST(j.value AS BIGINT) AND ( \
                         (t.kind = 0 AND t.name = $1) OR t.kind = 2 \
                         OR (t.kind = 1 AND t.name IN (SELECT value FROM {topics})))) \
-                 {upsert}",
+                 {order} {upsert}",
+                order = dialect.lock_order("2"),
                 ids = dialect.json_texts("$4", "j"),
                 topics = dialect.json_texts("$2", "topic"),
             );
