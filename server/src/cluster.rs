@@ -72,7 +72,7 @@ const HEALTH_PING: Duration = Duration::from_secs(5);
 
 type Handlers = RwLock<HashMap<String, mpsc::Sender<ChanItem>>>;
 
-/// The connection to Redis shared by the adapter and the control channel: a socketioxide
+/// The connection to Redis the adapter runs on: a socketioxide
 /// [`Driver`] that survives Redis restarts (see the module documentation). Cheap to clone.
 #[derive(Clone)]
 pub struct RedisLink(Arc<Link>);
@@ -173,11 +173,6 @@ impl RedisLink {
         tokio::spawn(route_pushes(Arc::downgrade(&link), pushed));
         tokio::spawn(keep_healthy(Arc::downgrade(&link), link.poke.clone()));
         Ok(RedisLink(link))
-    }
-
-    /// Whether Redis answers with every channel subscribed.
-    pub fn is_up(&self) -> bool {
-        self.0.up.load(SeqCst)
     }
 
     /// The link's outages and returns (the first caller gets them).
@@ -337,31 +332,13 @@ impl Driver for RedisLink {
     }
 }
 
-/// This node's link to the others (nothing on a single node).
-#[derive(Debug, Clone, Default)]
-pub struct Peers(Option<RedisLink>);
-
-impl Peers {
-    /// No other nodes.
-    pub fn none() -> Peers {
-        Peers(None)
-    }
-
-    /// Linked to the other nodes through `link`.
-    pub fn linked(link: RedisLink) -> Peers {
-        Peers(Some(link))
-    }
-
-    /// The link, when there are other nodes.
-    pub fn link(&self) -> Option<&RedisLink> {
-        self.0.as_ref()
-    }
-}
-
 /// Starts following the Redis link: recovery after each outage. Nothing on a single
 /// node.
-pub fn start<A: Adapter>(state: &SharedState<A>) -> Vec<tokio::task::JoinHandle<()>> {
-    let Some(events) = state.peers.link().and_then(RedisLink::take_events) else {
+pub fn start<A: Adapter>(
+    state: &SharedState<A>,
+    link: Option<&RedisLink>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(events) = link.and_then(RedisLink::take_events) else {
         return Vec::new();
     };
     state.metrics.redis_linked.store(true, Relaxed);

@@ -26,7 +26,7 @@ pub mod store;
 pub use config::Config;
 pub use state::{AppState, SharedState};
 
-use cluster::{HubAdapter, Peers};
+use cluster::{HubAdapter, RedisLink};
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::{SocketIo, TransportType};
 use std::future::Future;
@@ -59,8 +59,13 @@ const WS_READ_BUFFER: usize = 1024;
 
 impl<A: HubAdapter> Hub<A> {
     /// Opens the store, starts the writer, delivery and retention tasks and registers the
-    /// Socket.IO namespaces, on the adapter built from `adapter` and linked to `peers`.
-    pub async fn start(config: Config, adapter: A::State, peers: Peers) -> anyhow::Result<Self> {
+    /// Socket.IO namespaces, on the adapter built from `adapter`; with `link`, the other
+    /// nodes' Redis link.
+    pub async fn start(
+        config: Config,
+        adapter: A::State,
+        link: Option<RedisLink>,
+    ) -> anyhow::Result<Self> {
         tokio::fs::create_dir_all(&config.data_dir).await?;
         let (store, writer) =
             store::Store::open(&config.data_dir, config.database_url.as_deref()).await?;
@@ -77,7 +82,7 @@ impl<A: HubAdapter> Hub<A> {
             // more than one pass. Every idle socket holds this buffer (default 4 KiB).
             .ws_read_buffer_size(WS_READ_BUFFER)
             .build_layer();
-        let state = Arc::new(AppState::new(store, io, config, peers));
+        let state = Arc::new(AppState::new(store, io, config));
         A::ready(socket::subscriber::register(&state)).await?;
         A::ready(socket::publisher::register(&state)).await?;
         let (committed, delivery) = state.spawn_delivery();
@@ -103,7 +108,7 @@ impl<A: HubAdapter> Hub<A> {
         };
         let writer = tokio::spawn(writer.run(committed));
         tasks.push(tokio::spawn(retention::run(state.clone())));
-        tasks.extend(cluster::start(&state));
+        tasks.extend(cluster::start(&state, link.as_ref()));
         let receipts_stop = Arc::new(tokio::sync::Notify::new());
         let receipts = tokio::spawn(receipts::run(state.clone(), receipts_stop.clone()));
         Ok(Hub {
@@ -192,7 +197,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     match config.redis_url.clone() {
-        None => serve::<LocalAdapter>(listener, config, (), Peers::none(), shutdown).await,
+        None => serve::<LocalAdapter>(listener, config, (), None, shutdown).await,
         Some(url) => {
             let link = cluster::RedisLink::connect(&url)
                 .await
@@ -203,8 +208,7 @@ pub async fn run(
                     .with_request_timeout(cluster::REQUEST_TIMEOUT)
                     .with_stream_buffer(cluster::CHANNEL_BUFFER),
             );
-            serve::<cluster::RedisAdapter>(listener, config, adapter, Peers::linked(link), shutdown)
-                .await
+            serve::<cluster::RedisAdapter>(listener, config, adapter, Some(link), shutdown).await
         }
     }
 }
@@ -214,12 +218,12 @@ async fn serve<A: HubAdapter>(
     listener: TcpListener,
     config: Config,
     adapter: A::State,
-    peers: Peers,
+    link: Option<RedisLink>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let tls = config.tls.clone();
     drop_stuck_peers(&listener, &config.heartbeat);
-    let hub = Hub::<A>::start(config, adapter, peers).await?;
+    let hub = Hub::<A>::start(config, adapter, link).await?;
     let router = hub.router();
     let io = hub.state.io.clone();
     let state = hub.state.clone();

@@ -2,7 +2,6 @@
 //! HTTP and Socket.IO share (publish, subscribe, read), so both edges behave the same.
 
 use crate::auth::{PublishKeys, TokenSigner, UserClaims};
-use crate::cluster::Peers;
 use crate::config::Config;
 use crate::delivery::{self, Session, rooms};
 use crate::metrics::Metrics;
@@ -26,8 +25,6 @@ pub struct AppState<A: Adapter = LocalAdapter> {
     pub store: Store,
     /// The Socket.IO server handle.
     pub io: SocketIo<A>,
-    /// The other hub nodes, if any.
-    pub peers: Peers,
     /// Signs and verifies user tokens.
     pub tokens: TokenSigner,
     /// Accepted publish keys.
@@ -61,7 +58,6 @@ impl<A: Adapter> std::fmt::Debug for AppState<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("store", &self.store)
-            .field("peers", &self.peers)
             .field("head", &self.head())
             .finish_non_exhaustive()
     }
@@ -75,7 +71,7 @@ pub type SharedState<A = LocalAdapter> = Arc<AppState<A>>;
 
 impl<A: Adapter> AppState<A> {
     /// Builds the state.
-    pub fn new(store: Store, io: SocketIo<A>, config: Config, peers: Peers) -> Self {
+    pub fn new(store: Store, io: SocketIo<A>, config: Config) -> Self {
         let buckets = config
             .publish_keys
             .iter()
@@ -84,7 +80,6 @@ impl<A: Adapter> AppState<A> {
         Self {
             store,
             io,
-            peers,
             tokens: TokenSigner::new(config.jwt_secret.as_bytes().to_vec()),
             keys: PublishKeys::new(config.publish_keys.iter().cloned()),
             key_scopes: config

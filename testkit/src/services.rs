@@ -36,10 +36,13 @@ fn postgres_bin_dir() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    })
 }
 
 /// A command for one of PostgreSQL's programs. PostgreSQL refuses to run as root, so as
