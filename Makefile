@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:8080
 PATH := $(HOME)/.cargo/bin:$(PATH)
 export PATH
 
-.PHONY: run hub test setup setup-test build test-rust test-interop test-fuzz bench bench-quick fuzz soak fmt lint clean-data
+.PHONY: run hub test setup setup-test build test-rust test-interop test-fuzz bench bench-quick fuzz soak fmt lint clean-data screenshot
 
 ## run: the hub on its embedded SQLite (./belfry-data) and the tray app connected to it
 run: setup
@@ -33,13 +33,15 @@ setup-test:
 build:
 	$(CARGO) build --workspace --all-targets
 
+# Every cargo command of the test run names the whole workspace (`--workspace`), so the
+# dependencies are built once with one set of features.
 test-rust:
 	$(CARGO) test --workspace
 	# The hub's suites once more on PostgreSQL (each test binary starts its own server).
-	BELFRY_TEST_STORE=postgres $(CARGO) test -p belfry-server --test api --test delivery --test security
+	BELFRY_TEST_STORE=postgres $(CARGO) test --workspace --test api --test delivery --test security
 
 test-interop:
-	$(CARGO) build -p belfry-server
+	$(CARGO) build --workspace
 	cd tests/interop && BELFRY_SERVER_BIN=$(CARGO_TARGET_DIR)/debug/belfry-server npm test
 	cd bench/peer-node && npm test
 
@@ -50,7 +52,7 @@ test-fuzz:
 ## peer, and the soak in quick mode (the figures are not benchmarks there: they only show
 ## the suite runs end to end); the report goes to a scratch directory
 bench-quick: setup-test
-	$(CARGO) build -p belfry-server -p belfry-bench
+	$(CARGO) build --workspace
 	$(CARGO_TARGET_DIR)/debug/belfry-bench all --quick --out $(CARGO_TARGET_DIR)/bench-quick
 	$(CARGO_TARGET_DIR)/debug/belfry-bench soak --quick
 
@@ -76,6 +78,11 @@ fmt:
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## screenshot: the window's UI test once more, saving its screenshot as docs/screenshot.png
+## (a plain test run leaves the tree as it found it)
+screenshot: setup-test
+	BELFRY_SCREENSHOT=$(CURDIR)/docs/screenshot.png $(CARGO) test --workspace --test ui
 
 ## clean-data: forget the local hub's notifications and secrets
 clean-data:

@@ -10,7 +10,7 @@ use belfry_server::auth::TokenSigner;
 use belfry_server::socket::first_arg;
 use belfry_server::socket::publisher::{LegacyArgs, legacy_form};
 use belfry_server::socket::subscriber::check_handshake;
-use belfry_server::state::check_topic;
+use belfry_server::membership::check_topic;
 use libfuzzer_sys::fuzz_target;
 use socketioxide_core::Str;
 use socketioxide_core::packet::PacketData;
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     match packet.inner {
         PacketData::Connect(auth) => {
             let auth = parser.decode_default::<serde_json::Value>(auth.as_ref());
-            if let Ok((claims, _cursor)) = check_handshake(&signer, auth) {
+            if let Ok((claims, _auth)) = check_handshake(&signer, auth) {
                 // Only a token signed with the secret gets here.
                 assert!(belfry_protocol::validate_user_id(&claims.sub).is_ok());
             }

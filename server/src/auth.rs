@@ -1,21 +1,17 @@
-//! Credentials: user tokens (JWT, HS256, signed with the hub's secret) and publish keys
-//! (opaque secrets compared in constant time).
+//! Credentials: user tokens (JWT, HS256, signed with the hub's secret, by jsonwebtoken)
+//! and publish keys (opaque secrets compared in constant time).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use belfry_protocol::{ErrorBody, ErrorCode, TopicPatterns, validate_user_id};
-use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
-type HmacSha256 = Hmac<Sha256>;
-
 /// Longest token accepted, in bytes; anything longer is refused before decoding.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
-/// Clock skew tolerated when checking `exp`, in seconds.
-const LEEWAY_SECS: i64 = 30;
+/// Clock skew tolerated when checking `exp` (and `nbf`), in seconds.
+const LEEWAY_SECS: u64 = 30;
 
 /// The claims of a user token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +37,12 @@ impl UserClaims {
     /// The Unix second from which the token is refused (its `exp` plus the clock-skew
     /// leeway).
     pub fn valid_until(&self) -> i64 {
-        self.exp.saturating_add(LEEWAY_SECS)
+        self.exp.saturating_add(LEEWAY_SECS as i64)
+    }
+
+    /// Whether the token is still valid now.
+    pub fn is_valid_now(&self) -> bool {
+        OffsetDateTime::now_utc().unix_timestamp() < self.valid_until()
     }
 
     /// How long from now the token stays valid (zero once it has expired).
@@ -87,15 +88,40 @@ impl From<TokenError> for ErrorBody {
     }
 }
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
+/// The `alg` of a token's header, read only to say which algorithm was refused (the
+/// header of a token jsonwebtoken would not take: `none`, or a name it does not know).
+fn named_algorithm(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct Named {
+        alg: String,
+    }
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let named: Named = serde_json::from_slice(&bytes).ok()?;
+    Some(named.alg.chars().take(20).collect())
+}
+
+/// A Unix second as RFC 3339 (the number itself if it is out of range).
+fn rfc3339(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
 }
 
 /// Signs and verifies user tokens with the hub's secret.
 #[derive(Clone)]
 pub struct TokenSigner {
-    secret: Vec<u8>,
+    /// `None` for an empty secret: nothing is signed and nothing verifies (the hub
+    /// refuses to start without a secret; see `secrets.rs`).
+    keys: Option<(EncodingKey, DecodingKey)>,
+    validation: Validation,
 }
 
 impl std::fmt::Debug for TokenSigner {
@@ -107,14 +133,18 @@ impl std::fmt::Debug for TokenSigner {
 impl TokenSigner {
     /// A signer for `secret`.
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        Self {
-            secret: secret.into(),
-        }
-    }
-
-    fn mac(&self) -> HmacSha256 {
-        // HMAC accepts keys of any length.
-        HmacSha256::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!())
+        let secret = secret.into();
+        let keys = EncodingKey::from_secret(&secret)
+            .and_then(|e| Ok((e, DecodingKey::from_secret(&secret)?)))
+            .ok();
+        // HS256 and nothing else; `exp` required, `nbf` checked when present, both with
+        // the same leeway; no audience (Belfry's tokens have none).
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self { keys, validation }
     }
 
     /// Mints a token for `user`, valid for `ttl_secs`, allowing `topics` (all when `None`).
@@ -129,15 +159,13 @@ impl TokenSigner {
         self.sign(&claims)
     }
 
-    /// Signs arbitrary claims (also used by tests to build expired tokens).
+    /// Signs arbitrary claims (also used by tests to build expired tokens). Empty when
+    /// the claims do not serialize or the secret is empty (an empty token is refused).
     pub fn sign<C: Serialize>(&self, claims: &C) -> String {
-        let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let payload = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let signing_input = format!("{header}.{payload}");
-        let mut mac = self.mac();
-        mac.update(signing_input.as_bytes());
-        let sig = B64.encode(mac.finalize().into_bytes());
-        format!("{signing_input}.{sig}")
+        let Some((key, _)) = &self.keys else {
+            return String::new();
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, key).unwrap_or_default()
     }
 
     /// Verifies a token: shape, algorithm (HS256 only), signature, expiry, claims.
@@ -151,53 +179,64 @@ impl TokenSigner {
                 "longer than {MAX_TOKEN_LEN} bytes"
             )));
         }
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        if token.split('.').count() != 3 {
             return Err(TokenError::Malformed(
                 "expected three dot-separated parts (is this a publish key?)".into(),
             ));
+        }
+        let Some((_, key)) = &self.keys else {
+            return Err(TokenError::BadSignature);
         };
-        let header_bytes = B64
-            .decode(h)
-            .map_err(|_| TokenError::Malformed("header is not base64url".into()))?;
-        let header: Header = serde_json::from_slice(&header_bytes)
-            .map_err(|_| TokenError::Malformed("header is not a JSON object with alg".into()))?;
-        if header.alg != "HS256" {
-            return Err(TokenError::Algorithm(header.alg.chars().take(20).collect()));
+        match jsonwebtoken::decode::<UserClaims>(token, key, &self.validation) {
+            Ok(data) => {
+                let claims = data.claims;
+                // jsonwebtoken still takes a token in the very second its leeway ends;
+                // the socket's expiry timer (`remaining`) closes it at that second.
+                if !claims.is_valid_now() {
+                    return Err(TokenError::Expired(rfc3339(claims.exp)));
+                }
+                validate_user_id(&claims.sub)
+                    .map_err(|e| TokenError::Claims(format!("sub: {e}")))?;
+                if let Some(t) = &claims.topics {
+                    t.validate().map_err(TokenError::Claims)?;
+                }
+                Ok(claims)
+            }
+            Err(e) => Err(self.refusal(token, e)),
         }
-        let sig = B64
-            .decode(s)
-            .map_err(|_| TokenError::Malformed("signature is not base64url".into()))?;
-        let mut mac = self.mac();
-        mac.update(h.as_bytes());
-        mac.update(b".");
-        mac.update(p.as_bytes());
-        // verify_slice compares in constant time.
-        mac.verify_slice(&sig)
-            .map_err(|_| TokenError::BadSignature)?;
-        let payload = B64
-            .decode(p)
-            .map_err(|_| TokenError::Malformed("payload is not base64url".into()))?;
-        let claims: UserClaims =
-            serde_json::from_slice(&payload).map_err(|e| TokenError::Claims(format!("{e}")))?;
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        if claims.valid_until() <= now {
-            let when = OffsetDateTime::from_unix_timestamp(claims.exp)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_else(|| claims.exp.to_string());
-            return Err(TokenError::Expired(when));
+    }
+
+    /// Why jsonwebtoken refused a token, in Belfry's words.
+    fn refusal(&self, token: &str, e: jsonwebtoken::errors::Error) -> TokenError {
+        let header = jsonwebtoken::decode_header(token);
+        match (e.kind(), header) {
+            (_, Ok(h)) if h.alg != Algorithm::HS256 => {
+                TokenError::Algorithm(format!("{:?}", h.alg))
+            }
+            (_, Err(_)) => match named_algorithm(token) {
+                Some(alg) if alg != "HS256" => TokenError::Algorithm(alg),
+                _ => TokenError::Malformed("the header is not base64url JSON with alg".into()),
+            },
+            (ErrorKind::InvalidSignature | ErrorKind::InvalidKeyFormat, _) => {
+                TokenError::BadSignature
+            }
+            (ErrorKind::ExpiredSignature, _) => {
+                // The signature was checked before the expiry: these claims are the hub's.
+                let exp = jsonwebtoken::dangerous::insecure_decode::<UserClaims>(token)
+                    .map(|d| d.claims.exp)
+                    .unwrap_or_default();
+                TokenError::Expired(rfc3339(exp))
+            }
+            (ErrorKind::ImmatureSignature, _) => {
+                TokenError::Claims("the token is not valid yet (nbf)".into())
+            }
+            (ErrorKind::Base64(_) | ErrorKind::Utf8(_), _) => {
+                TokenError::Malformed("a part is not base64url".into())
+            }
+            (ErrorKind::InvalidToken, _) => TokenError::Malformed("not a JWT".into()),
+            (ErrorKind::MissingRequiredClaim(c), _) => TokenError::Claims(format!("missing {c}")),
+            _ => TokenError::Claims(e.to_string()),
         }
-        validate_user_id(&claims.sub).map_err(|e| TokenError::Claims(format!("sub: {e}")))?;
-        if let Some(t) = &claims.topics {
-            t.validate().map_err(TokenError::Claims)?;
-        }
-        Ok(claims)
     }
 }
 
@@ -238,15 +277,18 @@ impl PublishKeys {
 
 /// Generates a random secret: `bytes` random bytes, base64url without padding.
 pub fn random_secret(bytes: usize) -> String {
+    use base64::Engine as _;
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
     rand::rngs::OsRng.fill_bytes(&mut buf);
-    B64.encode(buf)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use serde_json::json;
 
     fn signer() -> TokenSigner {
@@ -309,6 +351,12 @@ mod tests {
         assert!(matches!(s.verify(&no_sub), Err(TokenError::Claims(_))));
         let bad_sub = s.sign(&json!({"sub": "a b", "exp": 99999999999i64}));
         assert!(matches!(s.verify(&bad_sub), Err(TokenError::Claims(_))));
+        // `deploys*` would allow `deploys-admin` too: a token that says so is refused.
+        let loose = s.sign(&json!({"sub": "ann", "exp": 99999999999i64, "topics": ["deploys*"]}));
+        match s.verify(&loose) {
+            Err(TokenError::Claims(why)) => assert!(why.contains("deploys.*"), "{why}"),
+            other => panic!("accepted or refused for another reason: {other:?}"),
+        }
     }
 
     #[test]

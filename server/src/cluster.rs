@@ -22,9 +22,12 @@
 //!   seconds (an idle connection a NAT dropped is noticed too), subscribes every channel
 //!   again once Redis answers, and reports each outage and each return.
 
-use crate::delivery::{self, rooms, session};
+use crate::catch_up;
+use crate::membership::names;
+use crate::session;
 use crate::state::SharedState;
-use crate::store::feed::{RoomChange, RoomEvent};
+use crate::store::{RoomChange, RoomEvent};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use belfry_protocol::events::{self, ReadRequest};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
@@ -32,7 +35,7 @@ use socketioxide_redis::CustomRedisAdapter;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -69,6 +72,12 @@ pub const CHANNEL_BUFFER: usize = 8192;
 const MAX_PING_PAUSE: Duration = Duration::from_secs(1);
 /// How often Redis is pinged while the link is up.
 const HEALTH_PING: Duration = Duration::from_secs(5);
+/// The pauses between pings while Redis is unreachable: 50 ms, doubling up to
+/// [`MAX_PING_PAUSE`].
+const DOWN_PINGS: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(50))
+    .with_max_delay(MAX_PING_PAUSE)
+    .without_max_times();
 
 type Handlers = RwLock<HashMap<String, mpsc::Sender<ChanItem>>>;
 
@@ -118,35 +127,10 @@ impl std::fmt::Debug for RedisLink {
     }
 }
 
-/// The Redis URL with RESP3 asked for, which the link needs (Redis 7 or later): added
-/// when the URL names no protocol, lower-cased when it says `RESP3` (redis-rs knows only
-/// `resp3` and `3`). A URL that asks for RESP2 is refused.
-pub fn resp3_url(url: &str) -> Result<String, String> {
-    // A fragment (`#insecure`: TLS without checking the certificate) stays last.
-    let (url, fragment) = match url.split_once('#') {
-        Some((url, fragment)) => (url, format!("#{fragment}")),
-        None => (url, String::new()),
-    };
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|e| format!("cannot read the query of the Redis URL: {e}"))?;
-    match pairs.iter_mut().find(|(k, _)| k == "protocol") {
-        Some((_, v)) if v == "3" || v.eq_ignore_ascii_case("resp3") => *v = "resp3".into(),
-        Some((_, v)) => {
-            return Err(format!(
-                "the Redis URL asks for protocol {v}: Belfry needs RESP3 (protocol=resp3, Redis 7 or later)"
-            ));
-        }
-        None => pairs.push(("protocol".into(), "resp3".into())),
-    }
-    let query = serde_urlencoded::to_string(&pairs).map_err(|e| e.to_string())?;
-    Ok(format!("{base}?{query}{fragment}"))
-}
-
 impl RedisLink {
     /// Connects, with RESP3 (see [`resp3_url`]).
     pub async fn connect(url: &str) -> Result<RedisLink, redis::RedisError> {
-        let url = resp3_url(url).map_err(|why| {
+        let url = crate::config::resp3_url(url).map_err(|why| {
             redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad Redis URL", why))
         })?;
         let client = redis::Client::open(url)?;
@@ -222,11 +206,11 @@ async fn route_pushes(link: Weak<Link>, mut pushed: mpsc::UnboundedReceiver<redi
 /// subscribes every channel again and reports the link up, unless the connection was
 /// lost again meanwhile. Ends when the link is dropped.
 async fn keep_healthy(link: Weak<Link>, poke: Arc<Notify>) {
-    let mut pause = Duration::from_millis(50);
+    let mut pauses = DOWN_PINGS.build();
     loop {
         let wait = match link.upgrade() {
             Some(link) if link.up.load(SeqCst) => HEALTH_PING,
-            Some(_) => pause,
+            Some(_) => pauses.next().unwrap_or(MAX_PING_PAUSE),
             None => return,
         };
         let poked = tokio::select! {
@@ -234,7 +218,7 @@ async fn keep_healthy(link: Weak<Link>, poke: Arc<Notify>) {
             () = tokio::time::sleep(wait) => false,
         };
         if poked {
-            pause = Duration::from_millis(50);
+            pauses = DOWN_PINGS.build();
             continue;
         }
         let Some(link) = link.upgrade() else {
@@ -252,7 +236,6 @@ async fn keep_healthy(link: Weak<Link>, poke: Arc<Notify>) {
             }
             continue;
         }
-        pause = (pause * 2).min(MAX_PING_PAUSE);
         if !answered {
             continue;
         }
@@ -269,7 +252,7 @@ async fn keep_healthy(link: Weak<Link>, poke: Arc<Notify>) {
             continue;
         }
         if link.losses.load(SeqCst) == losses && !link.up.swap(true, SeqCst) {
-            pause = Duration::from_millis(50);
+            pauses = DOWN_PINGS.build();
             tracing::info!("Redis is back; every channel is subscribed again");
             let _ = link.events.send(LinkEvent::Up);
         }
@@ -341,9 +324,27 @@ pub fn start<A: Adapter>(
     let Some(events) = link.and_then(RedisLink::take_events) else {
         return Vec::new();
     };
-    state.metrics.redis_linked.store(true, Relaxed);
-    state.metrics.redis_up.store(true, Relaxed);
-    vec![tokio::spawn(recover_after_outages(state.clone(), events))]
+    let gauges = LinkGauges {
+        up: state.metrics.gauge(
+            "belfry_redis_link_up",
+            "1 while Redis, which links the hub nodes, answers with every channel subscribed; 0 otherwise.",
+        ),
+        outages: state
+            .metrics
+            .counter("belfry_redis_outages_total", "Times the link to Redis was lost."),
+    };
+    gauges.up.set(1.0);
+    vec![tokio::spawn(recover_after_outages(
+        state.clone(),
+        events,
+        gauges,
+    ))]
+}
+
+/// The link's own metrics (only a linked hub has them).
+struct LinkGauges {
+    up: metrics::Gauge,
+    outages: metrics::Counter,
 }
 
 /// Applies the room changes every node's transactions announce (see `store/feed.rs`) to
@@ -356,21 +357,21 @@ pub async fn follow_rooms<A: Adapter>(
     while let Some(event) = changes.recv().await {
         match event {
             RoomEvent::Change(RoomChange::Subscribed { user, topic, from }) => {
-                let _user = state.user_lock(&user).lock().await;
-                for socket in state.outside_topic(&user, &topic) {
-                    let Some(session) = session(&socket) else {
+                let _user = state.membership.user_lock(&user).lock().await;
+                for socket in state.membership.outside_topic(&user, &topic) {
+                    let Some(session) = session::of(&socket) else {
                         continue;
                     };
                     // Held back first: nothing published after `from` may reach it live
                     // before the catch-up has sent what it missed.
-                    delivery::hold_live_from(&session, from + 1);
-                    socket.join(rooms::topic(&topic));
-                    delivery::recover(&state, &socket);
+                    session.hold_live_from(from + 1);
+                    socket.join(names::topic(&topic));
+                    catch_up::recover(&state, &socket, Duration::ZERO);
                 }
             }
             RoomEvent::Change(RoomChange::Unsubscribed { user, topic }) => {
-                let _user = state.user_lock(&user).lock().await;
-                state.leave_topic(&user, &topic);
+                let _user = state.membership.user_lock(&user).lock().await;
+                state.membership.leave_topic(&user, &topic);
             }
             RoomEvent::Lost => {
                 unheard_since.get_or_insert_with(|| Outage::began(&state));
@@ -395,7 +396,7 @@ struct Outage {
 impl Outage {
     fn began<A: Adapter>(state: &SharedState<A>) -> Outage {
         Outage {
-            head: state.head(),
+            head: state.head.get(),
             since_ms: crate::store::now_ms() - OUTAGE_MARGIN_MS,
         }
     }
@@ -410,17 +411,18 @@ const MAX_READ_MARKS_RESENT: u32 = 10_000;
 async fn recover_after_outages<A: Adapter>(
     state: SharedState<A>,
     mut events: mpsc::UnboundedReceiver<LinkEvent>,
+    gauges: LinkGauges,
 ) {
     let mut outage = None;
     while let Some(event) = events.recv().await {
         match event {
             LinkEvent::Down => {
-                state.metrics.redis_up.store(false, Relaxed);
-                state.metrics.redis_outages_total.fetch_add(1, Relaxed);
+                gauges.up.set(0.0);
+                gauges.outages.increment(1);
                 outage.get_or_insert_with(|| Outage::began(&state));
             }
             LinkEvent::Up => {
-                state.metrics.redis_up.store(true, Relaxed);
+                gauges.up.set(1.0);
                 if let Some(outage) = outage.take() {
                     resync(&state, outage).await;
                 }
@@ -433,11 +435,7 @@ async fn recover_after_outages<A: Adapter>(
 /// belongs in, a catch-up from where the outage began, and the read marks its user made
 /// since (made on another node, they could not reach it).
 async fn resync<A: Adapter>(state: &SharedState<A>, outage: Outage) {
-    let sockets = state
-        .io
-        .of(events::SUBSCRIBER_NAMESPACE)
-        .map(|ns| ns.sockets())
-        .unwrap_or_default();
+    let sockets = state.membership.all_sockets();
     tracing::info!(
         sockets = sockets.len(),
         from = outage.head,
@@ -445,11 +443,11 @@ async fn resync<A: Adapter>(state: &SharedState<A>, outage: Outage) {
     );
     let mut read_marks: HashMap<String, Vec<u64>> = HashMap::new();
     for socket in sockets {
-        let Some(session) = session(&socket) else {
+        let Some(session) = session::of(&socket) else {
             continue;
         };
-        let _user = state.user_lock(&session.user).lock().await;
-        let viewer = match state.viewer(&session.user, &session.allowed).await {
+        let _user = state.membership.user_lock(&session.user).lock().await;
+        let viewer = match state.store.viewer(&session.user, &session.allowed).await {
             Ok(viewer) => viewer,
             Err(e) => {
                 // Its rooms may be stale: a reconnect rebuilds them.
@@ -458,17 +456,9 @@ async fn resync<A: Adapter>(state: &SharedState<A>, outage: Outage) {
                 continue;
             }
         };
-        let wanted: Vec<String> = viewer.topics.iter().map(|t| rooms::topic(t)).collect();
-        let stale: Vec<String> = socket
-            .rooms()
-            .into_iter()
-            .map(|r| r.to_string())
-            .filter(|r| r.starts_with("topic:") && !wanted.contains(r))
-            .collect();
-        delivery::hold_live_from(&session, outage.head + 1);
-        socket.leave(stale);
-        socket.join(wanted);
-        delivery::recover(state, &socket);
+        session.hold_live_from(outage.head + 1);
+        state.membership.rejoin(&socket, &viewer);
+        catch_up::recover(state, &socket, Duration::ZERO);
         if !read_marks.contains_key(&session.user) {
             let ids = state
                 .store
@@ -486,29 +476,5 @@ async fn resync<A: Adapter>(state: &SharedState<A>, outage: Outage) {
                 tracing::debug!(error = %e, "re-sending read marks");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_redis_url_always_asks_for_resp3() {
-        let ok = |url| resp3_url(url).expect("accepted");
-        assert_eq!(ok("redis://r:6379"), "redis://r:6379?protocol=resp3");
-        assert_eq!(ok("redis://r:6379/"), "redis://r:6379/?protocol=resp3");
-        assert_eq!(ok("redis://r/?protocol=RESP3"), "redis://r/?protocol=resp3");
-        assert_eq!(ok("redis://r/0?protocol=3"), "redis://r/0?protocol=resp3");
-        assert_eq!(
-            ok("rediss://u:p@r/?insecure=1&protocol=resp3"),
-            "rediss://u:p@r/?insecure=1&protocol=resp3"
-        );
-        assert_eq!(
-            ok("rediss://r:6380/#insecure"),
-            "rediss://r:6380/?protocol=resp3#insecure"
-        );
-        let refused = resp3_url("redis://r/?protocol=resp2").expect_err("refused");
-        assert!(refused.contains("RESP3"), "{refused}");
     }
 }

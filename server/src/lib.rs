@@ -8,17 +8,27 @@
 //! command line's configuration. [`Hub::start`] and [`app`] are its two halves.
 
 pub mod auth;
+pub mod catch_up;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
+pub mod devices;
+pub mod drain;
 pub mod error;
+pub mod head;
+pub mod health;
 pub mod http;
+pub mod membership;
 pub mod metrics;
+pub mod publish;
 pub mod rate_limit;
+pub mod reads;
 pub mod receipts;
 mod retention;
 pub mod secrets;
+pub mod serve;
+pub mod session;
 pub mod socket;
 pub mod state;
 pub mod store;
@@ -43,7 +53,6 @@ pub struct Hub<A: HubAdapter = LocalAdapter> {
     tasks: Vec<JoinHandle<()>>,
     /// The receipts task and its stop signal (it writes the last acks before it ends).
     receipts: (JoinHandle<()>, Arc<tokio::sync::Notify>),
-    writer: JoinHandle<()>,
 }
 
 impl<A: HubAdapter> std::fmt::Debug for Hub<A> {
@@ -53,6 +62,10 @@ impl<A: HubAdapter> std::fmt::Debug for Hub<A> {
             .finish_non_exhaustive()
     }
 }
+
+/// How often the metrics fold their recent samples in (see [`metrics::Metrics::upkeep`])
+/// and the limits forget users and addresses whose limits are full again.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The WebSocket read buffer of each socket.
 const WS_READ_BUFFER: usize = 1024;
@@ -66,14 +79,21 @@ impl<A: HubAdapter> Hub<A> {
         adapter: A::State,
         link: Option<RedisLink>,
     ) -> anyhow::Result<Self> {
+        config.validate()?;
+        let secret = config
+            .jwt_secret
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("no JWT secret configured"))?;
+        secrets::check_secret(secret)?;
+        secrets::check_keys(&config.publish_keys)?;
         tokio::fs::create_dir_all(&config.data_dir).await?;
-        let (store, writer) =
+        let (store, feed) =
             store::Store::open(&config.data_dir, config.database_url.as_deref()).await?;
         let (layer, io) = SocketIo::builder()
             .with_adapter::<A>(adapter)
             .transports([TransportType::Websocket, TransportType::Polling])
-            .ping_interval(config.heartbeat.interval)
-            .ping_timeout(config.heartbeat.timeout)
+            .ping_interval(config.ping_interval)
+            .ping_timeout(config.ping_timeout)
             .max_payload(2 * belfry_protocol::limits::MAX_BODY_BYTES as u64)
             // The same bound over WebSocket (max_payload covers polling only).
             .ws_max_message_size(2 * belfry_protocol::limits::MAX_BODY_BYTES)
@@ -85,38 +105,40 @@ impl<A: HubAdapter> Hub<A> {
         let state = Arc::new(AppState::new(store, io, config));
         A::ready(socket::subscriber::register(&state)).await?;
         A::ready(socket::publisher::register(&state)).await?;
-        let (committed, delivery) = state.spawn_delivery();
-        let head = state.store.head().await?;
-        state.note_head(head);
-        let mut tasks = vec![delivery];
-        let committed = match state.store.dialect() {
-            // One writer assigns every id: its commits go straight to delivery.
-            store::Dialect::Sqlite => committed,
-            // Several nodes may write: deliver what any of them committed, in id order.
-            // Room changes come the same way, in commit order.
-            store::Dialect::Postgres => {
-                let (rooms, rooms_rx) = tokio::sync::mpsc::unbounded_channel();
-                let listener = store::feed::Listener::start(&state.store, rooms)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("no commit listener on PostgreSQL"))?;
-                let (own, own_rx) = tokio::sync::mpsc::channel(64);
-                let feed = store::feed::run(state.store.clone(), listener, own_rx, committed, head);
-                tasks.push(tokio::spawn(feed));
-                tasks.push(tokio::spawn(cluster::follow_rooms(state.clone(), rooms_rx)));
-                own
+        // The store's feed, connected: notifications to delivery, room changes to the
+        // rooms of this node's sockets.
+        state.head.raise(feed.head);
+        let mut tasks = vec![
+            tokio::spawn(delivery::run(state.clone(), feed.notifications)),
+            tokio::spawn(cluster::follow_rooms(state.clone(), feed.rooms)),
+            tokio::spawn(retention::run(
+                state.config.clone(),
+                state.store.writer().clone(),
+            )),
+        ];
+        tasks.push(tokio::spawn({
+            let state = state.clone();
+            async move {
+                let mut tick = tokio::time::interval(UPKEEP);
+                loop {
+                    tick.tick().await;
+                    state.metrics.upkeep();
+                    state.limits.forget_idle();
+                }
             }
-        };
-        let writer = tokio::spawn(writer.run(committed));
-        tasks.push(tokio::spawn(retention::run(state.clone())));
+        }));
         tasks.extend(cluster::start(&state, link.as_ref()));
         let receipts_stop = Arc::new(tokio::sync::Notify::new());
-        let receipts = tokio::spawn(receipts::run(state.clone(), receipts_stop.clone()));
+        let receipts = tokio::spawn(receipts::run(
+            state.acks.clone(),
+            state.store.writer().clone(),
+            receipts_stop.clone(),
+        ));
         Ok(Hub {
             state,
             layer,
             tasks,
             receipts: (receipts, receipts_stop),
-            writer,
         })
     }
 
@@ -137,10 +159,7 @@ impl<A: HubAdapter> Hub<A> {
         if let Err(e) = receipts.await {
             tracing::error!(error = %e, "receipts task failed");
         }
-        self.state.store.writer().close().await;
-        if let Err(e) = self.writer.await {
-            tracing::error!(error = %e, "store writer task failed");
-        }
+        // Finishes the queued writes, then stops the writer and the feed.
         self.state.store.close().await;
         tracing::info!("hub stopped");
     }
@@ -167,9 +186,7 @@ pub fn app<A: HubAdapter>(
 /// The Socket.IO part of shutdown: publisher events in flight get their answers (up to a
 /// few seconds), then every socket is closed.
 async fn stop_sockets<A: HubAdapter>(state: &SharedState<A>, io: &SocketIo<A>) {
-    state
-        .drain_publishers(std::time::Duration::from_secs(5))
-        .await;
+    state.drain.wait(std::time::Duration::from_secs(5)).await;
     io.close().await;
 }
 
@@ -179,15 +196,15 @@ async fn stop_sockets<A: HubAdapter>(state: &SharedState<A>, io: &SocketIo<A>) {
 /// hub's writes wait without end, and Engine.IO's own close waits for that writer. The
 /// option set on the listener is inherited by every accepted socket (Linux).
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn drop_stuck_peers(listener: &TcpListener, heartbeat: &config::Heartbeat) {
-    let limit = heartbeat.interval + heartbeat.timeout;
+fn drop_stuck_peers(listener: &TcpListener, config: &Config) {
+    let limit = config.ping_interval + config.ping_timeout;
     if let Err(e) = socket2::SockRef::from(listener).set_tcp_user_timeout(Some(limit)) {
         tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT; a client that stops reading may hold its connection");
     }
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn drop_stuck_peers(_listener: &TcpListener, _heartbeat: &config::Heartbeat) {}
+fn drop_stuck_peers(_listener: &TcpListener, _config: &Config) {}
 
 /// Serves the hub on `listener` until `shutdown` resolves, then stops accepting, closes
 /// the sockets, lets in-flight requests finish and closes the store.
@@ -199,12 +216,14 @@ pub async fn run(
     match config.redis_url.clone() {
         None => serve::<LocalAdapter>(listener, config, (), None, shutdown).await,
         Some(url) => {
-            let link = cluster::RedisLink::connect(&url)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot reach Redis at {url}: {e}"))?;
+            let link = cluster::RedisLink::connect(&url).await.map_err(|e| {
+                let url = config::redact_url(&url);
+                anyhow::anyhow!("cannot reach Redis at {url}: {e}")
+            })?;
             let adapter = socketioxide_redis::RedisAdapterCtr::new_with_driver(
                 link.clone(),
                 socketioxide_redis::RedisAdapterConfig::new()
+                    .with_prefix(config.redis_prefix.clone())
                     .with_request_timeout(cluster::REQUEST_TIMEOUT)
                     .with_stream_buffer(cluster::CHANNEL_BUFFER),
             );
@@ -221,46 +240,32 @@ async fn serve<A: HubAdapter>(
     link: Option<RedisLink>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let tls = config.tls.clone();
-    drop_stuck_peers(&listener, &config.heartbeat);
+    // The certificate first: a hub that cannot serve TLS should not open its store.
+    let tls = match config.tls() {
+        Some((cert, key)) => Some(Arc::new(serve::Certificate::load(cert, key)?)),
+        None => None,
+    };
+    #[cfg(unix)]
+    let sighup = serve::reload_on_sighup(tls.clone())?;
+    let timeouts = serve::Timeouts {
+        header_read: config.header_read_timeout,
+        idle: config.idle_timeout,
+    };
+    drop_stuck_peers(&listener, &config);
     let hub = Hub::<A>::start(config, adapter, link).await?;
     let router = hub.router();
-    let io = hub.state.io.clone();
     let state = hub.state.clone();
     let addr = listener.local_addr()?;
     match tls {
-        None => {
-            tracing::info!(%addr, "listening (http, ws)");
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    shutdown.await;
-                    tracing::info!("shutting down");
-                    stop_sockets(&state, &io).await;
-                })
-                .await?;
-        }
-        Some(files) => {
-            rustls::crypto::ring::default_provider()
-                .install_default()
-                .ok();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot load TLS certificate or key: {e}"))?;
-            tracing::info!(%addr, "listening (https, wss)");
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                stop_sockets(&state, &io).await;
-                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-            });
-            axum_server::from_tcp_rustls(listener.into_std()?, tls)?
-                .handle(handle)
-                .serve(router.into_make_service())
-                .await?;
-        }
+        None => tracing::info!(%addr, "listening (http, ws)"),
+        Some(_) => tracing::info!(%addr, "listening (https, wss)"),
     }
+    serve::serve(listener, router, tls, timeouts, shutdown, async move {
+        stop_sockets(&state, &state.io).await;
+    })
+    .await?;
+    #[cfg(unix)]
+    sighup.abort();
     hub.shutdown().await;
     Ok(())
 }

@@ -1,8 +1,12 @@
-//! Counters, gauges and one histogram, rendered in the Prometheus text format at
-//! `GET /metrics`. Plain atomics: every update is one relaxed add on a hot path.
+//! The hub's metrics, rendered in the Prometheus text format at `GET /metrics` by
+//! metrics-exporter-prometheus. Each hub has a recorder of its own (never the process's
+//! global one, so several hubs in one process, as in the tests, keep their own counts);
+//! every update is an atomic add on a handle taken once.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use std::time::Duration;
 
 /// Upper bounds of the publish-to-emit latency buckets, in seconds.
@@ -10,161 +14,191 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// The hub's metrics.
-#[derive(Debug, Default)]
+/// The name of the publish-to-emit histogram.
+const PUBLISH_TO_EMIT: &str = "belfry_publish_to_emit_seconds";
+
+/// The hub's metrics: one handle per series.
 pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
     /// Subscriber sockets connected now.
-    pub connections: AtomicI64,
+    pub connections: Gauge,
     /// Subscriber sockets ever connected.
-    pub connections_total: AtomicU64,
+    pub connections_total: Counter,
     /// Connections refused at authentication.
-    pub auth_failures_total: AtomicU64,
+    pub auth_failures_total: Counter,
     /// Notifications stored.
-    pub publishes_total: AtomicU64,
+    pub publishes_total: Counter,
     /// Publishes answered from an idempotency key.
-    pub publish_duplicates_total: AtomicU64,
+    pub publish_duplicates_total: Counter,
     /// Publishes refused by the rate limit.
-    pub rate_limited_total: AtomicU64,
+    pub rate_limited_total: Counter,
     /// Live notifications handed to sockets.
-    pub deliveries_total: AtomicU64,
-    /// Live notifications a socket could not take (it fell behind and is caught up).
-    pub lagged_total: AtomicU64,
+    pub deliveries_total: Counter,
+    /// Live notifications a slow socket could not take (it is caught up instead).
+    pub lagged_total: Counter,
     /// Catch-up batches sent.
-    pub catch_up_batches_total: AtomicU64,
+    pub catch_up_batches_total: Counter,
     /// Notifications sent in catch-up batches.
-    pub catch_up_notifications_total: AtomicU64,
+    pub catch_up_notifications_total: Counter,
     /// Catch-ups from a cursor at the head, answered without reading the store.
-    pub catch_ups_up_to_date_total: AtomicU64,
-    /// Whether this hub is linked to other nodes through Redis (the two Redis metrics
-    /// are rendered only then).
-    pub redis_linked: AtomicBool,
-    /// Whether Redis answers with every channel subscribed.
-    pub redis_up: AtomicBool,
-    /// Times the link to Redis was lost.
-    pub redis_outages_total: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_micros: AtomicU64,
+    pub catch_ups_up_to_date_total: Counter,
+    /// Batches the store's writer committed (set when /metrics is rendered).
+    pub store_commits_total: Counter,
+    /// Health checks that asked the store (the others were answered from the last one).
+    pub health_checks_total: Counter,
+    publish_to_emit: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics(..)")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
+    /// A recorder of its own with every series of the hub registered (at zero).
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(PUBLISH_TO_EMIT.into()), &LATENCY_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let counter = |name: &'static str, help: &'static str| {
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                None,
+                SharedString::const_str(help),
+            );
+            let counter = recorder.register_counter(&Key::from_static_name(name), &metadata());
+            // Registered at zero, so the series is there before its first event.
+            counter.increment(0);
+            counter
+        };
+        let metrics = Self {
+            connections_total: counter(
+                "belfry_connections_total",
+                "Subscriber sockets ever connected.",
+            ),
+            auth_failures_total: counter(
+                "belfry_auth_failures_total",
+                "Connections refused at authentication.",
+            ),
+            publishes_total: counter("belfry_publishes_total", "Notifications stored."),
+            publish_duplicates_total: counter(
+                "belfry_publish_duplicates_total",
+                "Publishes answered from an idempotency key.",
+            ),
+            rate_limited_total: counter(
+                "belfry_rate_limited_total",
+                "Publishes refused by the rate limit.",
+            ),
+            deliveries_total: counter(
+                "belfry_deliveries_total",
+                "Live notifications handed to sockets.",
+            ),
+            lagged_total: counter(
+                "belfry_lagged_total",
+                "Live notifications a slow socket could not take (it is caught up instead).",
+            ),
+            catch_up_batches_total: counter(
+                "belfry_catch_up_batches_total",
+                "Catch-up batches sent.",
+            ),
+            catch_up_notifications_total: counter(
+                "belfry_catch_up_notifications_total",
+                "Notifications sent in catch-up batches.",
+            ),
+            catch_ups_up_to_date_total: counter(
+                "belfry_catch_ups_up_to_date_total",
+                "Catch-ups from a cursor at the head, answered without reading the store.",
+            ),
+            store_commits_total: counter(
+                "belfry_store_commits_total",
+                "Write transactions (batches of writes) the store committed.",
+            ),
+            health_checks_total: counter(
+                "belfry_health_checks_total",
+                "Health checks that asked the store (the others were answered from the last).",
+            ),
+            connections: gauge(
+                &recorder,
+                "belfry_connections",
+                "Subscriber sockets connected now.",
+            ),
+            publish_to_emit: {
+                recorder.describe_histogram(
+                    KeyName::from_const_str(PUBLISH_TO_EMIT),
+                    Some(metrics::Unit::Seconds),
+                    SharedString::const_str(
+                        "Time from receiving a publish to handing it to the sockets.",
+                    ),
+                );
+                recorder.register_histogram(&Key::from_static_name(PUBLISH_TO_EMIT), &metadata())
+            },
+            recorder,
+            handle,
+        };
+        metrics.connections.set(0.0);
+        metrics
+    }
+
+    /// A gauge registered on demand (the Redis link's, which only a linked hub has).
+    pub fn gauge(&self, name: &'static str, help: &'static str) -> Gauge {
+        let g = gauge(&self.recorder, name, help);
+        g.set(0.0);
+        g
+    }
+
+    /// A counter registered on demand.
+    pub fn counter(&self, name: &'static str, help: &'static str) -> Counter {
+        self.recorder.describe_counter(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
+        let c = self
+            .recorder
+            .register_counter(&Key::from_static_name(name), &metadata());
+        c.increment(0);
+        c
+    }
+
     /// Records one publish-to-emit latency.
     pub fn observe_publish_to_emit(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_micros.fetch_add(
-            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+        self.publish_to_emit.record(latency.as_secs_f64());
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        metric(
-            "belfry_connections",
-            "gauge",
-            "Subscriber sockets connected now.",
-            self.connections.load(Relaxed).to_string(),
-        );
-        let counters: [(&str, &str, &AtomicU64); 10] = [
-            (
-                "belfry_connections_total",
-                "Subscriber sockets ever connected.",
-                &self.connections_total,
-            ),
-            (
-                "belfry_auth_failures_total",
-                "Connections refused at authentication.",
-                &self.auth_failures_total,
-            ),
-            (
-                "belfry_publishes_total",
-                "Notifications stored.",
-                &self.publishes_total,
-            ),
-            (
-                "belfry_publish_duplicates_total",
-                "Publishes answered from an idempotency key.",
-                &self.publish_duplicates_total,
-            ),
-            (
-                "belfry_rate_limited_total",
-                "Publishes refused by the rate limit.",
-                &self.rate_limited_total,
-            ),
-            (
-                "belfry_deliveries_total",
-                "Live notifications handed to sockets.",
-                &self.deliveries_total,
-            ),
-            (
-                "belfry_lagged_total",
-                "Live notifications a slow socket could not take (it is caught up instead).",
-                &self.lagged_total,
-            ),
-            (
-                "belfry_catch_up_batches_total",
-                "Catch-up batches sent.",
-                &self.catch_up_batches_total,
-            ),
-            (
-                "belfry_catch_up_notifications_total",
-                "Notifications sent in catch-up batches.",
-                &self.catch_up_notifications_total,
-            ),
-            (
-                "belfry_catch_ups_up_to_date_total",
-                "Catch-ups from a cursor at the head, answered without reading the store.",
-                &self.catch_ups_up_to_date_total,
-            ),
-        ];
-        for (name, help, value) in counters {
-            metric(name, "counter", help, value.load(Relaxed).to_string());
-        }
-        if self.redis_linked.load(Relaxed) {
-            metric(
-                "belfry_redis_link_up",
-                "gauge",
-                "1 while Redis, which links the hub nodes, answers with every channel subscribed; 0 otherwise.",
-                u8::from(self.redis_up.load(Relaxed)).to_string(),
-            );
-            metric(
-                "belfry_redis_outages_total",
-                "counter",
-                "Times the link to Redis was lost.",
-                self.redis_outages_total.load(Relaxed).to_string(),
-            );
-        }
-        let name = "belfry_publish_to_emit_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from receiving a publish to handing it to the sockets.\n# TYPE {name} histogram"
-        );
-        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.latency_sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-        out
+        self.handle.render()
     }
+
+    /// Folds the histogram's recent samples into its buckets. The exporter keeps every
+    /// sample until this runs (or a scrape renders them): without it, a hub nobody scrapes
+    /// would grow by a few bytes per publish.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn metadata() -> Metadata<'static> {
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
+}
+
+fn gauge(recorder: &PrometheusRecorder, name: &'static str, help: &'static str) -> Gauge {
+    recorder.describe_gauge(
+        KeyName::from_const_str(name),
+        None,
+        SharedString::const_str(help),
+    );
+    recorder.register_gauge(&Key::from_static_name(name), &metadata())
 }
 
 #[cfg(test)]
@@ -172,16 +206,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_is_cumulative() {
-        let m = Metrics::default();
+    fn every_series_is_there_from_the_start_and_the_histogram_is_cumulative() {
+        let m = Metrics::new();
+        let text = m.render();
+        for name in [
+            "belfry_connections",
+            "belfry_connections_total",
+            "belfry_publishes_total",
+            "belfry_catch_ups_up_to_date_total",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{name} "))),
+                "{name} missing:\n{text}"
+            );
+        }
+        assert!(text.contains("# TYPE belfry_connections gauge"), "{text}");
+        assert!(
+            text.contains("# HELP belfry_publishes_total Notifications stored."),
+            "{text}"
+        );
         m.observe_publish_to_emit(Duration::from_micros(300));
         m.observe_publish_to_emit(Duration::from_millis(30));
-        m.publishes_total.fetch_add(2, Relaxed);
+        m.publishes_total.increment(2);
+        m.connections.increment(3.0);
         let text = m.render();
-        assert!(text.contains("belfry_publishes_total 2"));
-        assert!(text.contains("belfry_publish_to_emit_seconds_bucket{le=\"0.0005\"} 1"));
-        assert!(text.contains("belfry_publish_to_emit_seconds_bucket{le=\"0.05\"} 2"));
-        assert!(text.contains("belfry_publish_to_emit_seconds_bucket{le=\"+Inf\"} 2"));
-        assert!(text.contains("belfry_publish_to_emit_seconds_count 2"));
+        assert!(text.contains("belfry_publishes_total 2"), "{text}");
+        assert!(text.contains("belfry_connections 3"), "{text}");
+        assert!(
+            text.contains("# TYPE belfry_publish_to_emit_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("belfry_publish_to_emit_seconds_bucket{le=\"0.0005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("belfry_publish_to_emit_seconds_bucket{le=\"0.05\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("belfry_publish_to_emit_seconds_bucket{le=\"+Inf\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("belfry_publish_to_emit_seconds_count 2"),
+            "{text}"
+        );
+        // Two hubs in one process keep their own counts.
+        assert!(Metrics::new().render().contains("belfry_publishes_total 0"));
     }
 }

@@ -8,12 +8,10 @@
 //! however many acks came; a thousand points per writer operation), and once more when
 //! the hub stops.
 
-use crate::state::SharedState;
-use crate::store::AckPoint;
+use crate::store::{AckPoint, Acks, WriterHandle};
 use belfry_protocol::TopicPatterns;
-use socketioxide::adapter::Adapter;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often pending acks are written.
@@ -53,9 +51,8 @@ const CHUNK: usize = 1_000;
 
 /// Writes every pending ack; points that fail to write are kept for the next flush.
 /// Returns how many points were written.
-pub async fn flush<A: Adapter>(state: &SharedState<A>) -> usize {
-    let mut points: Vec<AckPoint> = state
-        .acks
+pub async fn flush(acks: &PendingAcks, writer: &WriterHandle) -> usize {
+    let mut points: Vec<AckPoint> = acks
         .take()
         .into_iter()
         .flat_map(|(user, steps)| {
@@ -69,16 +66,15 @@ pub async fn flush<A: Adapter>(state: &SharedState<A>) -> usize {
     // A user's points in ascending order, also across chunks: each then advances the
     // user's watermark by what its own patterns may see.
     points.sort_by(|a, b| a.user.cmp(&b.user).then(a.up_to.cmp(&b.up_to)));
-    let writer = state.store.writer();
     let mut written = 0;
     // One chunk at a time: the writer interleaves publishes between them.
     for chunk in points.chunks(CHUNK) {
-        match writer.ack(chunk.to_vec()).await {
+        match writer.submit(Acks(chunk.to_vec())).await {
             Ok(_) => written += chunk.len(),
             Err(e) => {
                 tracing::warn!(error = %e, points = chunk.len(), "writing delivery receipts; retrying later");
                 for p in chunk {
-                    state.acks.note(&p.user, &p.allowed, p.up_to);
+                    acks.note(&p.user, &p.allowed, p.up_to);
                 }
             }
         }
@@ -88,19 +84,20 @@ pub async fn flush<A: Adapter>(state: &SharedState<A>) -> usize {
 
 /// The background task: flushes every [`FLUSH_INTERVAL`] until `stop` is notified, then
 /// once more.
-pub(crate) async fn run<A: Adapter>(
-    state: SharedState<A>,
-    stop: std::sync::Arc<tokio::sync::Notify>,
+pub(crate) async fn run(
+    acks: Arc<PendingAcks>,
+    writer: WriterHandle,
+    stop: Arc<tokio::sync::Notify>,
 ) {
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                flush(&state).await;
+                flush(&acks, &writer).await;
             }
             () = stop.notified() => {
-                flush(&state).await;
+                flush(&acks, &writer).await;
                 return;
             }
         }

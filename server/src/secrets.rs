@@ -11,6 +11,9 @@ pub const JWT_SECRET_FILE: &str = "jwt-secret";
 pub const PUBLISH_KEY_FILE: &str = "publish-key";
 /// Shortest JWT secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
+/// Shortest publish key accepted, in characters: a key is the whole credential of a
+/// publisher, and a short one can be guessed.
+pub const MIN_KEY_LEN: usize = 16;
 
 /// The secrets a hub runs with.
 #[derive(Debug, Clone)]
@@ -40,6 +43,17 @@ pub enum SecretsError {
     /// A publish key is empty.
     #[error("publish keys must not be empty")]
     EmptyKey,
+    /// A publish key is too short to be safe.
+    #[error(
+        "publish key {shown}... is {len} characters long: publish keys must have at least \
+         {MIN_KEY_LEN} (the generated ones have 36)"
+    )]
+    ShortKey {
+        /// Its first characters (never the whole key).
+        shown: String,
+        /// Its length.
+        len: usize,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError + '_ {
@@ -91,9 +105,7 @@ pub fn jwt_secret(
         None => read_or_create(data_dir, JWT_SECRET_FILE, || random_secret(32), created)?,
     };
     let secret = secret.trim().to_owned();
-    if secret.len() < MIN_SECRET_LEN {
-        return Err(SecretsError::WeakSecret);
-    }
+    check_secret(&secret)?;
     Ok(secret)
 }
 
@@ -118,10 +130,30 @@ pub fn publish_keys(
     } else {
         given.into_iter().map(|k| k.trim().to_owned()).collect()
     };
+    check_keys(&keys)?;
+    Ok(keys)
+}
+
+/// Checks publish keys: at least one, none shorter than [`MIN_KEY_LEN`].
+pub fn check_keys(keys: &[String]) -> Result<(), SecretsError> {
     if keys.is_empty() || keys.iter().any(String::is_empty) {
         return Err(SecretsError::EmptyKey);
     }
-    Ok(keys)
+    if let Some(short) = keys.iter().find(|k| k.chars().count() < MIN_KEY_LEN) {
+        return Err(SecretsError::ShortKey {
+            shown: short.chars().take(3).collect(),
+            len: short.chars().count(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a JWT secret: at least [`MIN_SECRET_LEN`] bytes.
+pub fn check_secret(secret: &str) -> Result<(), SecretsError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(SecretsError::WeakSecret);
+    }
+    Ok(())
 }
 
 /// Resolves both secrets for a hub.
@@ -170,11 +202,14 @@ mod tests {
         let s = resolve(
             dir.path(),
             Some("a-secret-of-enough-length".into()),
-            vec!["k1".into(), "k2".into()],
+            vec!["bfk_first_key_0123".into(), "bfk_second_key_012".into()],
         )
         .expect("given");
         assert!(s.created.is_empty());
-        assert_eq!(s.publish_keys, vec!["k1", "k2"]);
+        assert_eq!(
+            s.publish_keys,
+            vec!["bfk_first_key_0123", "bfk_second_key_012"]
+        );
         assert!(matches!(
             resolve(dir.path(), Some("short".into()), vec!["k".into()]),
             Err(SecretsError::WeakSecret)
@@ -187,5 +222,16 @@ mod tests {
             ),
             Err(SecretsError::EmptyKey)
         ));
+        // Short keys are refused with a message that names the rule, never the key.
+        let short = resolve(
+            dir.path(),
+            Some("a-secret-of-enough-length".into()),
+            vec!["bfk_long_enough_key".into(), "k1-secret".into()],
+        )
+        .expect_err("refused");
+        assert!(matches!(short, SecretsError::ShortKey { len: 9, .. }));
+        let message = short.to_string();
+        assert!(message.contains("at least 16"), "{message}");
+        assert!(!message.contains("k1-secret"), "{message}");
     }
 }

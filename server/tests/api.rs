@@ -124,7 +124,7 @@ async fn subscriptions_are_stored_per_user_and_shared_by_devices() {
 
 #[tokio::test]
 async fn topics_outside_the_token_are_refused_and_never_joined() {
-    let hub = TestHub::start_with(|c| c.limits.max_subscriptions = 2).await;
+    let hub = TestHub::start_with(|c| c.max_subscriptions = 2).await;
     let t = token_with_topics("ned", &["team.*", "ops"]);
     let s = synced_subscriber(&hub.url, &t, Some(0)).await;
     let r = s.request("subscribe", json!({"topic": "finance"})).await;
@@ -230,7 +230,7 @@ async fn expired_notifications_are_never_caught_up_and_get_pruned() {
 
 #[tokio::test]
 async fn retention_cap_keeps_the_newest_per_target() {
-    let hub = TestHub::start_with(|c| c.retention.max_per_target = 5).await;
+    let hub = TestHub::start_with(|c| c.max_per_target = 5).await;
     let mut ids = Vec::new();
     for i in 0..12 {
         ids.push(hub.publish_to("user:quinn", &format!("n{i}")).await);
@@ -518,8 +518,8 @@ async fn bad_publishes_get_clear_errors_and_store_nothing() {
 #[tokio::test]
 async fn bad_socket_events_get_error_replies_and_the_socket_lives_on() {
     let hub = TestHub::start_with(|c| {
-        c.limits.socket_event_rate = 1.0;
-        c.limits.socket_event_burst = 8;
+        c.socket_event_rate = 1.0;
+        c.socket_event_burst = 8;
     })
     .await;
     let mut s = synced_subscriber(&hub.url, &token("wes"), Some(0)).await;
@@ -551,14 +551,18 @@ async fn bad_socket_events_get_error_replies_and_the_socket_lives_on() {
         }
     }
     assert!(limited >= 5, "only {limited} refused");
-    // Acks and heartbeats are not counted: a client acks every batch it stores.
+    // Acks are not counted: a client acks every batch it stores.
     for i in 0..20 {
         assert_eq!(
             s.request("ack", json!({"up_to": i})).await,
             json!({"ok": true})
         );
     }
-    assert_eq!(s.request("heartbeat", json!({})).await, json!({"ok": true}));
+    // Heartbeats are: the budget is spent, so a heartbeat is refused too.
+    assert_eq!(
+        code(&s.request("heartbeat", json!({})).await),
+        "rate_limited"
+    );
     let id = hub.publish_to("user:wes", "still connected").await;
     assert_eq!(s.live(1).await[0].id, id);
     hub.stop().await;
@@ -567,8 +571,8 @@ async fn bad_socket_events_get_error_replies_and_the_socket_lives_on() {
 #[tokio::test]
 async fn publish_rate_limit_answers_429_with_retry_after() {
     let hub = TestHub::start_with(|c| {
-        c.limits.publish_rate = 1.0;
-        c.limits.publish_burst = 3;
+        c.publish_rate = 1.0;
+        c.publish_burst = 3;
     })
     .await;
     let body = json!({"to": ["user:xia"], "title": "x"});
@@ -771,6 +775,51 @@ async fn metrics_and_health_report_activity() {
     assert_eq!((status, code(&body)), (404, "not_found"));
     let (status, body) = hub.call(Method::DELETE, "/notifications", KEY, None).await;
     assert_eq!((status, code(&body)), (405, "method_not_allowed"));
+    hub.stop().await;
+}
+
+/// Health is cheap: 64 clients asking `/healthz` as fast as they can get their answers
+/// from a check made at most about once a second, and no health check is a write (so
+/// none waits behind the publishes, or holds them up).
+#[tokio::test]
+async fn health_checks_are_shared_and_never_write() {
+    let hub = TestHub::start_with(|c| c.prune_interval = Duration::from_secs(3600)).await;
+    let publisher = hub.publisher();
+    // The first prune runs at start; wait for the writer to be quiet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let commits = publisher.metric("belfry_store_commits_total").await;
+    let checks = publisher.metric("belfry_health_checks_total").await;
+    let started = tokio::time::Instant::now();
+    let storm = Duration::from_secs(3);
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        let (http, url) = (hub.http.clone(), format!("{}/healthz", hub.url));
+        clients.push(tokio::spawn(async move {
+            let mut answered = 0u32;
+            while started.elapsed() < storm {
+                let r = http.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    let mut answered = 0;
+    for c in clients {
+        answered += c.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs();
+    assert!(answered > 64, "{answered} answers");
+    assert_eq!(
+        publisher.metric("belfry_store_commits_total").await,
+        commits,
+        "a health check wrote to the store"
+    );
+    let made = publisher.metric("belfry_health_checks_total").await - checks;
+    assert!(
+        made <= elapsed + 2,
+        "{made} store checks for {answered} health requests in {elapsed} s"
+    );
     hub.stop().await;
 }
 

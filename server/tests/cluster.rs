@@ -586,3 +586,92 @@ async fn publishes_fail_with_503_while_postgres_restarts_and_nothing_is_lost() {
     stored.insert(publish(&cluster.nodes[2].publisher(), &["user:hal"], "from node 2").await);
     phone.holds_exactly(&stored).await;
 }
+
+/// Two deployments share one Redis, each with its own channel prefix (and its own
+/// database): presence, read marks and the other events between nodes stay within each
+/// deployment.
+#[tokio::test]
+async fn two_deployments_on_one_redis_keep_to_themselves() {
+    let postgres = Postgres::start().await;
+    let redis = Redis::start().await;
+    let mut dirs = Vec::new();
+    let mut deployment = |prefix: &'static str, database: String, nodes: usize| {
+        let (redis_url, dirs) = (redis.url(), &mut dirs);
+        let mut starts = Vec::new();
+        for _ in 0..nodes {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, database, redis_url) =
+                (dir.path().to_owned(), database.clone(), redis_url.clone());
+            dirs.push(dir);
+            starts.push(async move {
+                let args = [
+                    "--database-url",
+                    &database,
+                    "--redis-url",
+                    &redis_url,
+                    "--redis-prefix",
+                    prefix,
+                ];
+                Hub::start_with(&path, free_port(), &args).await
+            });
+        }
+        futures_util::future::join_all(starts)
+    };
+    let a = deployment("belfry-a", postgres.database().await, 2).await;
+    let b = deployment("belfry-b", postgres.database().await, 1).await;
+
+    // Alice's device on deployment A.
+    let alice = token("alice");
+    let mut device = Subscriber::connect(&a[0].url, &alice, Some(0)).await;
+    device.catch_up().await;
+    let presence = |hub: &Hub| {
+        let hub_url = hub.url.clone();
+        let http = hub.http.clone();
+        async move {
+            let r: serde_json::Value = http
+                .get(format!("{hub_url}/api/v1/presence/alice"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["devices"].as_u64().unwrap()
+        }
+    };
+    // A's other node counts her device; B, on the same Redis, knows nothing of it.
+    eventually("A's other node sees alice", || async {
+        (presence(&a[1]).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(presence(&b[0]).await, 0, "presence crossed deployments");
+
+    // A read mark made on B (an alice of B's own) reaches no device of A; one made on
+    // A's other node reaches her device.
+    let on_b = b[0].publisher().publish_to("user:alice", "B's").await;
+    assert_eq!(
+        b[0].post("/api/v1/notifications/read", &alice, json!({"ids": [on_b]}))
+            .await,
+        200
+    );
+    let on_a = a[1].publisher().publish_to("user:alice", "A's").await;
+    assert_eq!(device.live(1).await[0].id, on_a);
+    assert_eq!(
+        a[1].post("/api/v1/notifications/read", &alice, json!({"ids": [on_a]}))
+            .await,
+        200
+    );
+    let mut reads = Vec::new();
+    while let Some(event) = device.next_within(Duration::from_secs(2)).await {
+        if let Event::Read(marks) = event {
+            reads.push(marks);
+        }
+    }
+    assert_eq!(
+        reads,
+        vec![json!({"ids": [on_a]})],
+        "read marks of the other deployment"
+    );
+    device.close().await;
+}

@@ -133,7 +133,7 @@ async fn first_connection_without_cursor_gets_unread_only() {
 
 #[tokio::test]
 async fn catch_up_racing_live_publishes_leaves_no_gap() {
-    let hub = TestHub::start_with(|c| c.limits.catch_up_batch = 50).await;
+    let hub = TestHub::start_with(|c| c.catch_up_batch = 50).await;
     let mut backlog = Vec::new();
     for i in 0..400 {
         backlog.push(hub.publish_to("user:gus", &format!("backlog {i}")).await);
@@ -170,7 +170,9 @@ async fn catch_up_racing_live_publishes_leaves_no_gap() {
 /// read; publishes racing its reconnects must still all reach it, by catch-up or live.
 #[tokio::test]
 async fn up_to_date_reconnects_racing_publishes_leave_no_gap() {
-    let hub = TestHub::start().await;
+    // One user reconnecting as fast as it can: lift the per-user connect limit (tested
+    // on its own in security.rs).
+    let hub = TestHub::start_with(|c| c.connect_burst = 100_000).await;
     let first = hub.publish_to("user:hal", "before").await;
     let racing = publish_in_background(&hub, "user:hal", 150, Duration::from_millis(3));
     // Reconnect over and over, each time from the cursor the rule allows: the highest
@@ -276,8 +278,8 @@ async fn live_notifications_arrive_in_id_order_under_concurrent_publishers() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_caught_up_instead_of_losing_notifications() {
     let hub = TestHub::start_with(|c| {
-        c.limits.publish_rate = 100_000.0;
-        c.limits.publish_burst = 100_000;
+        c.publish_rate = 100_000.0;
+        c.publish_burst = 100_000;
     })
     .await;
     // A client whose handler blocks: while blocked it reads nothing from its connection,
@@ -355,5 +357,89 @@ async fn a_client_that_stops_reading_is_caught_up_instead_of_losing_notification
     }
     assert_eq!(held, expected);
     let _ = client.disconnect().await;
+    hub.stop().await;
+}
+
+/// A device connects with cursor 0 over a large backlog and stops reading: the hub sends
+/// the next batch of its catch-up only once what it sent has mostly left for the
+/// connection, so it holds about a page of it, not the whole backlog (72 MB here).
+#[tokio::test]
+async fn a_catch_up_to_a_client_that_stops_reading_holds_a_page_not_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--publish-rate", "100000", "--publish-burst", "100000"];
+    let hub = belfry_testkit::Hub::start_with(dir.path(), belfry_testkit::free_port(), &args).await;
+    // 2,000 notifications of about 36 KB: 10 pages of 200, 72 MB in all.
+    let publisher = hub.publisher();
+    let mut tasks = Vec::new();
+    for p in 0..8 {
+        let publisher = publisher.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (p..2000).step_by(8) {
+                publisher
+                    .publish(json!({
+                        "to": ["user:sam"], "title": format!("backlog {i}"),
+                        "body": "x".repeat(4000), "data": {"blob": "y".repeat(32_000)},
+                    }))
+                    .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rss_before = hub.rss_kib().unwrap();
+    let sent_before = hub.metric("belfry_catch_up_notifications_total").await;
+    // A client that reads nothing after the first batch.
+    let token = belfry_testkit::token("sam");
+    let client = deaf_client(&hub.url, json!({"token": token, "cursor": 0})).await;
+    // Time for the hub to send all it would.
+    let mut rss_peak = rss_before;
+    for _ in 0..40 {
+        rss_peak = rss_peak.max(hub.rss_kib().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = hub.metric("belfry_catch_up_notifications_total").await - sent_before;
+    let grew_mib = rss_peak.saturating_sub(rss_before) / 1024;
+    assert!(
+        sent < 1000,
+        "{sent} of the backlog's 2,000 went out to a client that reads nothing"
+    );
+    assert!(
+        grew_mib < 48,
+        "the hub grew by {grew_mib} MiB for a client that reads nothing"
+    );
+    drop(client);
+}
+
+/// Every catch-up ends with the store's epoch, the HTTP list carries it too, and a
+/// client that comes back with a cursor of another epoch is told to start over.
+#[tokio::test]
+async fn a_cursor_of_another_epoch_is_refused_with_epoch_changed() {
+    let hub = TestHub::start().await;
+    let t = token("eve");
+    let mut s = Subscriber::connect(&hub.url, &t, None).await;
+    let epoch = loop {
+        if let Event::Synced(synced) = s.next().await {
+            break synced.epoch.expect("an epoch");
+        }
+    };
+    let (status, page) = hub
+        .call(reqwest::Method::GET, "/notifications", &t, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["epoch"], json!(epoch));
+    s.close().await;
+    // The same epoch resumes as usual.
+    let mut same =
+        Subscriber::connect_auth(&hub.url, json!({"token": t, "cursor": 0, "epoch": epoch})).await;
+    same.catch_up().await;
+    same.close().await;
+    let mut other = Subscriber::connect_auth(
+        &hub.url,
+        json!({"token": t, "cursor": 12, "epoch": "another"}),
+    )
+    .await;
+    let refused = other.connect_error().await;
+    assert!(refused.contains("epoch_changed"), "{refused}");
     hub.stop().await;
 }

@@ -71,3 +71,56 @@ fn the_shipped_site_passes_nginx_t() {
         "{said}"
     );
 }
+
+/// socket.io-notify's publishers send their key in `notification_secret`, a header nginx
+/// drops by default (underscores): the shipped site keeps it, so `/send` works through
+/// nginx. And `/metrics` answers only loopback and private networks through nginx.
+#[tokio::test]
+async fn send_passes_nginx_with_its_underscore_header_and_metrics_stay_local() {
+    let hub = TestHub::start().await;
+    let nginx = Nginx::start(&[hub.addr]).await;
+    let olga = token("olga");
+    let (status, _) = hub
+        .call(reqwest::Method::PUT, "/subscriptions/ops", &olga, None)
+        .await;
+    assert_eq!(status, 200);
+    let mut sub = synced_subscriber(&nginx.url, &olga, Some(0)).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/send", nginx.url))
+        .header("notification_secret", KEY)
+        .form(&[("notification", "Disk full"), ("channel", "ops")])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 201, "{}", r.text().await.unwrap());
+    assert_eq!(sub.live(1).await[0].title, "Disk full");
+
+    let local = http
+        .get(format!("{}/metrics", nginx.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(local.status(), 200);
+    assert!(local.text().await.unwrap().contains("belfry_connections"));
+    // Another address: 127.0.0.2 is loopback to the kernel, but not on the site's list.
+    let outside = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let denied = outside
+        .get(format!("{}/metrics", nginx.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let health = outside
+        .get(format!("{}/healthz", nginx.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "only /metrics is kept local");
+    sub.close().await;
+    hub.stop().await;
+}

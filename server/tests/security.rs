@@ -220,7 +220,9 @@ fn tampered(token: &str, edit: impl FnOnce(&mut Value)) -> String {
 
 #[tokio::test]
 async fn forged_tokens_are_refused_at_both_doors() {
-    let hub = TestHub::start().await;
+    // Dozens of forgeries from one address: lift the per-address throttle (tested on its
+    // own below), which would otherwise refuse the real token at the end too.
+    let hub = TestHub::start_with(|c| c.auth_failure_burst = 1_000).await;
     let alice = token_with_topics("alice", &["team.*"]);
     let hs512 = {
         let [_, payload, sig] = alice.split('.').collect::<Vec<_>>()[..] else {
@@ -435,5 +437,267 @@ async fn bad_and_expired_tokens_are_refused_at_the_handshake() {
         metrics.contains("belfry_auth_failures_total 8"),
         "{metrics}"
     );
+    hub.stop().await;
+}
+
+/// Waits until the hub closes `stream` (end of file or reset); how long that took, or
+/// `None` if it was still open after `limit`.
+async fn closed_within(
+    stream: &mut tokio::net::tcp::OwnedReadHalf,
+    limit: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt as _;
+    let start = tokio::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(start + limit, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(start.elapsed()),
+            // A response (408) before the close is fine.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Slowloris and its cousins: a connection that says nothing, one that sends its
+/// headers a byte at a time, and one that stops in the middle of a body, are each closed
+/// by the hub's timeouts instead of holding a connection forever.
+#[tokio::test]
+async fn silent_slow_and_stalled_connections_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    let hub = TestHub::start_with(|c| {
+        c.header_read_timeout = Duration::from_secs(1);
+        c.ping_interval = Duration::from_millis(500);
+        c.ping_timeout = Duration::from_millis(500);
+        c.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let limit = Duration::from_secs(8);
+
+    let (mut silent, _keep) = tokio::net::TcpStream::connect(hub.addr)
+        .await
+        .unwrap()
+        .into_split();
+
+    let (mut slow_read, mut slow_write) = tokio::net::TcpStream::connect(hub.addr)
+        .await
+        .unwrap()
+        .into_split();
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /healthz HTTP/1.1\r\nHost: belfry\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if slow_write.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    let (mut stalled_read, mut stalled_write) = tokio::net::TcpStream::connect(hub.addr)
+        .await
+        .unwrap()
+        .into_split();
+    stalled_write
+        .write_all(
+            format!(
+                "POST /api/v1/notifications HTTP/1.1\r\nHost: belfry\r\n\
+                 Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 1000\r\n\r\n{{\"to\": [\"all\"], "
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+
+    let silent = closed_within(&mut silent, limit).await;
+    let slow = closed_within(&mut slow_read, limit).await;
+    let stalled = closed_within(&mut stalled_read, limit).await;
+    trickle.abort();
+    assert!(silent.is_some(), "a silent connection stayed open");
+    assert!(
+        slow.is_some(),
+        "a connection sending its headers slowly stayed open"
+    );
+    assert!(
+        stalled.is_some(),
+        "a connection stalled mid-body stayed open"
+    );
+    // The hub serves everyone else all along.
+    let (status, _) = hub
+        .call(Method::GET, "/notifications", &token("ann"), None)
+        .await;
+    assert_eq!(status, 200);
+    hub.stop().await;
+}
+
+/// A socket whose client reads nothing, so that its send buffer is full and not even a
+/// disconnect packet fits: when its token expires it is closed all the same (before the
+/// heartbeat would notice), and gets nothing more meanwhile.
+#[tokio::test]
+async fn a_socket_that_reads_nothing_is_closed_when_its_token_expires() {
+    let hub = TestHub::start_with(|c| {
+        c.publish_rate = 100_000.0;
+        c.publish_burst = 100_000;
+        // The heartbeat alone would take minutes to notice.
+        c.ping_interval = Duration::from_secs(120);
+        c.ping_timeout = Duration::from_secs(60);
+        c.idle_timeout = Duration::from_secs(600);
+    })
+    .await;
+    // Valid for about 12 more seconds (30 s of clock skew are allowed past `exp`).
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let short = signer().sign(&json!({"sub": "mallory", "exp": now - 18}));
+    // The kernel buffers fill and then the hub's buffer for the socket.
+    let client = deaf_client(&hub.url, json!({"token": short, "cursor": 0})).await;
+    let publisher = hub.publisher();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while publisher.metric("belfry_connections").await != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = "x".repeat(4000);
+    let mut i = 0;
+    while publisher.metric("belfry_lagged_total").await == 0 {
+        for _ in 0..200 {
+            hub.publish(json!({"to": ["user:mallory"], "title": format!("n{i}"), "body": body}))
+                .await;
+            i += 1;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the buffer never filled"
+        );
+    }
+    // Expiry closes it, whatever its buffer holds.
+    let closed = belfry_testkit::eventually("the socket to be closed at expiry", || async {
+        (publisher.metric("belfry_connections").await == 0).then_some(())
+    });
+    closed.await;
+    drop(client);
+    hub.stop().await;
+}
+
+/// One user cannot flood the hub: HTTP writes past the user's rate get 429 with
+/// `Retry-After`, connects past the user's rate and devices past the maximum are refused
+/// with a `connect_error` that says which; other users are not affected.
+#[tokio::test]
+async fn one_user_cannot_flood_writes_connects_or_devices() {
+    let hub = TestHub::start_with(|c| {
+        c.user_write_rate = 0.5;
+        c.user_write_burst = 3;
+        c.connect_rate = 0.2;
+        c.connect_burst = 3;
+        c.max_devices = 2;
+    })
+    .await;
+    let (flo, gus) = (token("flo"), token("gus"));
+    for i in 0..3 {
+        let (status, body) = hub.mark_read(&flo, json!({"up_to": 10})).await;
+        assert_eq!(status, 200, "write {i}: {body}");
+    }
+    let r = hub
+        .http
+        .post(hub.api("/notifications/read"))
+        .bearer_auth(&flo)
+        .json(&json!({"up_to": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&after), "Retry-After {after}");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "rate_limited"
+    );
+    // Subscribing is a write too.
+    let (status, body) = hub
+        .call(Method::PUT, "/subscriptions/ops", &flo, None)
+        .await;
+    assert_eq!((status, code(&body)), (429, "rate_limited"));
+    // Reading is not, and another user writes freely.
+    let (status, _) = hub.call(Method::GET, "/notifications", &flo, None).await;
+    assert_eq!(status, 200);
+    let (status, _) = hub.mark_read(&gus, json!({"up_to": 10})).await;
+    assert_eq!(status, 200);
+
+    // Devices: two connect, the third is refused.
+    let first = synced_subscriber(&hub.url, &flo, Some(0)).await;
+    let second = synced_subscriber(&hub.url, &flo, Some(0)).await;
+    let mut third = Subscriber::connect(&hub.url, &flo, Some(0)).await;
+    let refused = third.connect_error().await;
+    assert!(refused.contains("too_many_devices"), "{refused}");
+    // Connects: the burst of three is spent (two devices and the refused one).
+    drop((first, second));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fourth = Subscriber::connect(&hub.url, &flo, Some(0)).await;
+    let refused = fourth.connect_error().await;
+    assert!(refused.contains("rate_limited"), "{refused}");
+    // Another user connects as usual.
+    let gus_device = synced_subscriber(&hub.url, &gus, Some(0)).await;
+    gus_device.close().await;
+    hub.stop().await;
+}
+
+/// Guessing credentials from one address: after a burst of failures, the address is
+/// refused (429) before its next credential is even checked, whether it tries a publish
+/// key or a user token, over HTTP or Socket.IO; other addresses are not affected.
+#[tokio::test]
+async fn failed_authentications_are_slowed_per_client_address() {
+    let hub = TestHub::start_with(|c| {
+        c.auth_failure_rate = 30.0;
+        c.auth_failure_burst = 3;
+    })
+    .await;
+    // The burst, and one more failure that ends it.
+    for _ in 0..4 {
+        let (status, body) = hub
+            .call(
+                Method::GET,
+                "/notifications/1/receipts",
+                "bfk_guessed_key_number_1",
+                None,
+            )
+            .await;
+        assert_eq!((status, code(&body)), (401, "invalid_publish_key"));
+    }
+    // Out of failures: even the right key is refused now, before it is checked.
+    let (status, body) = hub.call(Method::GET, "/presence/ann", KEY, None).await;
+    assert_eq!((status, code(&body)), (429, "rate_limited"), "{body}");
+    let (status, body) = hub
+        .call(Method::GET, "/notifications", &token("ann"), None)
+        .await;
+    assert_eq!((status, code(&body)), (429, "rate_limited"));
+    let mut socket = Subscriber::connect(&hub.url, &token("ann"), Some(0)).await;
+    let refused = socket.connect_error().await;
+    assert!(refused.contains("rate_limited"), "{refused}");
+    // From another address, all is as usual.
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = elsewhere
+        .get(hub.api("/presence/ann"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // And once the wait is over, the first address is heard again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = hub.call(Method::GET, "/presence/ann", KEY, None).await;
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "refused for good");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     hub.stop().await;
 }

@@ -12,6 +12,10 @@ pub struct NotificationPage {
     pub notifications: Vec<Notification>,
     /// The `after` to ask for the next page, or `null` when this was the last one.
     pub next: Option<u64>,
+    /// The epoch of the hub's store: ids only compare within one (see
+    /// [`crate::events::Synced::epoch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// `POST /api/v1/notifications/read`: how many notifications changed to read.
@@ -110,10 +114,11 @@ mod tests {
         let page = NotificationPage {
             notifications: vec![],
             next: None,
+            epoch: Some("e1".into()),
         };
         assert_eq!(
             serde_json::to_value(&page).expect("ser"),
-            json!({"notifications": [], "next": null})
+            json!({"notifications": [], "next": null, "epoch": "e1"})
         );
         let r = ReadResult { marked: 3 };
         assert_eq!(

@@ -37,6 +37,10 @@ pub enum ErrorCode {
     TopicNotAllowed,
     /// The user already has the maximum number of subscriptions.
     TooManySubscriptions,
+    /// The user already has the maximum number of devices connected.
+    TooManyDevices,
+    /// The client's cursor belongs to another epoch of the hub's store: start over.
+    EpochChanged,
     /// The thing asked for does not exist.
     NotFound,
     /// The endpoint exists but does not take this HTTP method.
@@ -67,6 +71,8 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TopicNotAllowed => "topic_not_allowed",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::TooManyDevices => "too_many_devices",
+            ErrorCode::EpochChanged => "epoch_changed",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RateLimited => "rate_limited",
@@ -87,10 +93,12 @@ impl ErrorCode {
             | ErrorCode::TokenBadSignature
             | ErrorCode::TokenExpired
             | ErrorCode::InvalidPublishKey => 401,
-            ErrorCode::Forbidden | ErrorCode::TopicNotAllowed | ErrorCode::TooManySubscriptions => {
-                403
-            }
+            ErrorCode::Forbidden
+            | ErrorCode::TopicNotAllowed
+            | ErrorCode::TooManySubscriptions
+            | ErrorCode::TooManyDevices => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::EpochChanged => 409,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,

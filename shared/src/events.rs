@@ -46,6 +46,11 @@ pub struct HandshakeAuth {
     /// sends the user's unread notifications, newest 200).
     #[serde(default)]
     pub cursor: Option<u64>,
+    /// The store epoch the cursor belongs to (from an earlier [`Synced`]), if the client
+    /// knows it. A hub whose store is in another epoch refuses the connection with
+    /// `epoch_changed`: the client starts over (see [`Synced::epoch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// The publisher handshake's `auth` object.
@@ -65,12 +70,19 @@ pub struct SyncBatch {
 }
 
 /// The end of a catch-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Synced {
     /// The hub's highest id just before the catch-up read its last batch: every visible
     /// notification up to it was in this catch-up (or an earlier one). A client may set
     /// its cursor to `max(cursor, head)` once it has stored every batch of this catch-up.
     pub head: u64,
+    /// The epoch of the hub's store: ids, and so cursors, only compare within one. A
+    /// client keeps it with its cursor, sends it with its handshake, and starts over
+    /// (forgets its cursor and the ids it has seen, and catches up from 0) when the hub
+    /// says its store is in another epoch (a backup restored, a store replaced). Absent
+    /// from hubs older than epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// Client -> server: everything up to `up_to` is stored on the device.
@@ -246,10 +258,15 @@ mod tests {
         let v = serde_json::to_value(&b).expect("ser");
         assert_eq!(v, json!({"notifications": [], "more": true}));
         assert_eq!(serde_json::from_value::<SyncBatch>(v).expect("de"), b);
-        let s = Synced { head: 10 };
-        assert_eq!(
-            serde_json::from_value::<Synced>(serde_json::to_value(s).expect("ser")).expect("de"),
-            s
-        );
+        let s = Synced {
+            head: 10,
+            epoch: Some("e1".into()),
+        };
+        let v = serde_json::to_value(&s).expect("ser");
+        assert_eq!(v, json!({"head": 10, "epoch": "e1"}));
+        assert_eq!(serde_json::from_value::<Synced>(v).expect("de"), s);
+        // From a hub older than epochs.
+        let old: Synced = serde_json::from_value(json!({"head": 3})).expect("de");
+        assert_eq!(old.epoch, None);
     }
 }

@@ -6,7 +6,7 @@
 //! channel the notification goes to everyone, as socket.io-notify broadcasts.
 
 use super::extract::{Publisher, body_bytes, decode_json, is_json};
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::socket::publisher::legacy_request;
 use crate::state::SharedState;
 use axum::Json;
@@ -21,33 +21,36 @@ use std::time::Instant;
 pub async fn send<A: Adapter>(
     State(state): State<SharedState<A>>,
     req: Request,
-) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
+) -> Result<(StatusCode, Json<PublishResponse>), HubError> {
     let received = Instant::now();
-    let key = req
-        .headers()
+    let (parts, body) = req.into_parts();
+    let address = super::extract::client_address(&parts, &state);
+    let key = parts
+        .headers
         .get("notification_secret")
         .and_then(|v| v.to_str().ok());
-    let Publisher(key) = Publisher::check(&state, key).map_err(|mut e| {
-        if e.body.code == ErrorCode::Unauthorized {
-            e.body.message = "send the publish key in the notification_secret header".into();
-        }
-        e
+    let Publisher(key) = Publisher::check(&state, address, key).map_err(|e| match e {
+        HubError::Refused(refused) if refused.code == ErrorCode::Unauthorized => HubError::new(
+            ErrorCode::Unauthorized,
+            "send the publish key in the notification_secret header",
+        ),
+        other => other,
     })?;
-    let json = is_json(req.headers());
-    let form = req
-        .headers()
+    let json = is_json(&parts.headers);
+    let form = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if !json && !form {
-        return Err(ApiError::new(
+        return Err(HubError::new(
             ErrorCode::UnsupportedMediaType,
             "send application/x-www-form-urlencoded or application/json",
         ));
     }
-    let bytes = body_bytes(req, &state).await?;
+    let bytes = body_bytes(Request::from_parts(parts, body), &state).await?;
     let request = decode_send(&bytes, json)?;
-    let p = state.publish(key, request, received).await?;
+    let p = state.publishing.publish(key, request, received).await?;
     Ok((
         StatusCode::CREATED,
         Json(PublishResponse {
@@ -60,7 +63,7 @@ pub async fn send<A: Adapter>(
 
 /// Decodes a `/send` body (JSON when `json`, a URL-encoded form otherwise) into the
 /// publish request it stands for (still to be validated).
-pub fn decode_send(bytes: &[u8], json: bool) -> Result<PublishRequest, ApiError> {
+pub fn decode_send(bytes: &[u8], json: bool) -> Result<PublishRequest, HubError> {
     let (notification, channels) = if json {
         from_json(decode_json(bytes)?)?
     } else {
@@ -69,9 +72,9 @@ pub fn decode_send(bytes: &[u8], json: bool) -> Result<PublishRequest, ApiError>
     to_request(notification, channels)
 }
 
-fn from_json(body: Value) -> Result<(Value, Vec<String>), ApiError> {
+fn from_json(body: Value) -> Result<(Value, Vec<String>), HubError> {
     let Value::Object(mut fields) = body else {
-        return Err(ApiError::new(
+        return Err(HubError::new(
             ErrorCode::InvalidJson,
             "the body must be a JSON object with notification and channel",
         ));
@@ -96,9 +99,9 @@ fn from_json(body: Value) -> Result<(Value, Vec<String>), ApiError> {
     Ok((notification, channels))
 }
 
-fn from_form(bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
+fn from_form(bytes: &[u8]) -> Result<(Value, Vec<String>), HubError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes).map_err(|e| {
-        ApiError::new(
+        HubError::new(
             ErrorCode::InvalidJson,
             format!("cannot decode the form: {e}"),
         )
@@ -116,14 +119,14 @@ fn from_form(bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
     Ok((notification, channels))
 }
 
-fn bad_channel() -> ApiError {
-    ApiError::new(
+fn bad_channel() -> HubError {
+    HubError::new(
         ErrorCode::InvalidField,
         "channel must be a string or an array of strings",
     )
 }
 
-fn to_request(notification: Value, channels: Vec<String>) -> Result<PublishRequest, ApiError> {
+fn to_request(notification: Value, channels: Vec<String>) -> Result<PublishRequest, HubError> {
     let targets: Vec<String> = if channels.is_empty() {
         vec!["all".into()]
     } else {
@@ -150,11 +153,11 @@ fn to_request(notification: Value, channels: Vec<String>) -> Result<PublishReque
                 ..Default::default()
             })
         }
-        Value::Null => Err(ApiError::new(
+        Value::Null => Err(HubError::new(
             ErrorCode::MissingField,
             "notification is required",
         )),
-        _ => Err(ApiError::new(
+        _ => Err(HubError::new(
             ErrorCode::InvalidField,
             "notification must be a string or a JSON object",
         )),

@@ -2,14 +2,16 @@
 //! reader whose every failure is a stable error code.
 
 use crate::auth::UserClaims;
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::state::SharedState;
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
-use belfry_protocol::{ErrorBody, ErrorCode};
+use belfry_protocol::ErrorCode;
 use serde::de::DeserializeOwned;
 use socketioxide::adapter::Adapter;
+use std::net::{IpAddr, SocketAddr};
 
 /// The `Authorization: Bearer <credential>` value, if any.
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -24,27 +26,57 @@ fn bearer(parts: &Parts) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct User(pub UserClaims);
 
+/// The address of the client that made a request (see `rate_limit.rs`).
+pub fn client_address<A: Adapter>(parts: &Parts, state: &SharedState<A>) -> Option<IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    state.limits.client_address(peer, &parts.headers)
+}
+
 impl<A: Adapter> FromRequestParts<SharedState<A>> for User {
-    type Rejection = ApiError;
+    type Rejection = HubError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &SharedState<A>,
-    ) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                "send a user token: Authorization: Bearer <token>",
-            )
-        })?;
-        if state.keys.check(token).is_some() {
-            return Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "this is a publish key; this endpoint needs a user token",
-            ));
-        }
-        let claims = state.tokens.verify(token).map_err(ErrorBody::from)?;
-        Ok(User(claims))
+    ) -> Result<Self, HubError> {
+        let address = client_address(parts, state);
+        let token = bearer(parts);
+        state.limits.authenticate(address, || {
+            let token = token.ok_or_else(|| {
+                HubError::new(
+                    ErrorCode::Unauthorized,
+                    "send a user token: Authorization: Bearer <token>",
+                )
+            })?;
+            if state.keys.check(token).is_some() {
+                return Err(HubError::new(
+                    ErrorCode::Unauthorized,
+                    "this is a publish key; this endpoint needs a user token",
+                ));
+            }
+            Ok(User(state.tokens.verify(token)?))
+        })
+    }
+}
+
+/// A request authenticated with a user token that writes (marks read, subscribes): the
+/// user's write rate limit applies.
+#[derive(Debug, Clone)]
+pub struct WritingUser(pub UserClaims);
+
+impl<A: Adapter> FromRequestParts<SharedState<A>> for WritingUser {
+    type Rejection = HubError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState<A>,
+    ) -> Result<Self, HubError> {
+        let User(claims) = User::from_request_parts(parts, state).await?;
+        state.limits.user_write(&claims.sub)?;
+        Ok(WritingUser(claims))
     }
 }
 
@@ -53,21 +85,31 @@ impl<A: Adapter> FromRequestParts<SharedState<A>> for User {
 pub struct Publisher(pub usize);
 
 impl Publisher {
-    /// Checks a publish key taken from any header.
-    pub fn check<A: Adapter>(state: &SharedState<A>, key: Option<&str>) -> Result<Self, ApiError> {
+    /// Checks a publish key taken from any header of a request from `address`.
+    pub fn check<A: Adapter>(
+        state: &SharedState<A>,
+        address: Option<IpAddr>,
+        key: Option<&str>,
+    ) -> Result<Self, HubError> {
+        state
+            .limits
+            .authenticate(address, || Self::check_key(state, key))
+    }
+
+    fn check_key<A: Adapter>(state: &SharedState<A>, key: Option<&str>) -> Result<Self, HubError> {
         let key = key.ok_or_else(|| {
-            ApiError::new(
+            HubError::new(
                 ErrorCode::Unauthorized,
                 "send a publish key: Authorization: Bearer <publish key>",
             )
         })?;
         match state.keys.check(key) {
             Some(index) => Ok(Publisher(index)),
-            None if state.tokens.verify(key).is_ok() => Err(ApiError::new(
+            None if state.tokens.verify(key).is_ok() => Err(HubError::new(
                 ErrorCode::InvalidPublishKey,
                 "this is a user token; publishing needs a publish key",
             )),
-            None => Err(ApiError::new(
+            None => Err(HubError::new(
                 ErrorCode::InvalidPublishKey,
                 "this publish key is not accepted",
             )),
@@ -76,13 +118,13 @@ impl Publisher {
 }
 
 impl<A: Adapter> FromRequestParts<SharedState<A>> for Publisher {
-    type Rejection = ApiError;
+    type Rejection = HubError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &SharedState<A>,
-    ) -> Result<Self, ApiError> {
-        Publisher::check(state, bearer(parts))
+    ) -> Result<Self, HubError> {
+        Publisher::check(state, client_address(parts, state), bearer(parts))
     }
 }
 
@@ -91,10 +133,10 @@ impl<A: Adapter> FromRequestParts<SharedState<A>> for Publisher {
 pub async fn body_bytes<A: Adapter>(
     req: Request,
     state: &SharedState<A>,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, HubError> {
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
+            HubError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "the body is larger than {} bytes",
@@ -102,7 +144,7 @@ pub async fn body_bytes<A: Adapter>(
                 ),
             )
         } else {
-            ApiError::new(ErrorCode::InvalidJson, rejection.body_text())
+            HubError::new(ErrorCode::InvalidJson, rejection.body_text())
         }
     })
 }
@@ -122,14 +164,14 @@ pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
 
 /// Decodes JSON, telling a syntax error (`invalid_json`) from a shape error
 /// (`invalid_field`).
-pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HubError> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         let code = match e.classify() {
             Category::Data => ErrorCode::InvalidField,
             Category::Syntax | Category::Eof | Category::Io => ErrorCode::InvalidJson,
         };
-        ApiError::new(code, format!("cannot decode the body: {e}"))
+        HubError::new(code, format!("cannot decode the body: {e}"))
     })
 }
 
@@ -139,11 +181,11 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub struct JsonBody<T>(pub T);
 
 impl<A: Adapter, T: DeserializeOwned> FromRequest<SharedState<A>> for JsonBody<T> {
-    type Rejection = ApiError;
+    type Rejection = HubError;
 
-    async fn from_request(req: Request, state: &SharedState<A>) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &SharedState<A>) -> Result<Self, HubError> {
         if !is_json(req.headers()) {
-            return Err(ApiError::new(
+            return Err(HubError::new(
                 ErrorCode::UnsupportedMediaType,
                 "send the body as JSON with Content-Type: application/json",
             ));

@@ -7,7 +7,7 @@ mod notifications;
 mod ops;
 mod users;
 
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::state::SharedState;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -40,9 +40,9 @@ pub fn routes<A: Adapter>() -> Router<SharedState<A>> {
         .route("/send", post(compat::send::<A>))
         .route("/healthz", get(ops::healthz::<A>))
         .route("/metrics", get(ops::metrics::<A>))
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .fallback(|| async { HubError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
+            HubError::new(
                 ErrorCode::MethodNotAllowed,
                 "this endpoint does not take that method",
             )

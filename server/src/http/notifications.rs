@@ -1,7 +1,7 @@
 //! `/api/v1/notifications`: publish, list, mark read, receipts.
 
-use super::extract::{JsonBody, Publisher, User};
-use crate::error::ApiError;
+use super::extract::{JsonBody, Publisher, User, WritingUser};
+use crate::error::HubError;
 use crate::state::SharedState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -18,9 +18,9 @@ pub async fn publish<A: Adapter>(
     State(state): State<SharedState<A>>,
     Publisher(key): Publisher,
     JsonBody(req): JsonBody<PublishRequest>,
-) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
+) -> Result<(StatusCode, Json<PublishResponse>), HubError> {
     let received = Instant::now();
-    let p = state.publish(key, req, received).await?;
+    let p = state.publishing.publish(key, req, received).await?;
     let status = if p.duplicate {
         StatusCode::OK
     } else {
@@ -52,9 +52,9 @@ pub async fn list<A: Adapter>(
     State(state): State<SharedState<A>>,
     User(claims): User,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<NotificationPage>, ApiError> {
+) -> Result<Json<NotificationPage>, HubError> {
     let Query(query) = query.map_err(|e| {
-        ApiError::new(
+        HubError::new(
             ErrorCode::InvalidField,
             format!(
                 "after and limit must be non-negative integers: {}",
@@ -64,12 +64,15 @@ pub async fn list<A: Adapter>(
     })?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=crate::store::MAX_PAGE).contains(&limit) {
-        return Err(ApiError::new(
+        return Err(HubError::new(
             ErrorCode::InvalidField,
             format!("limit must be 1 to {}", crate::store::MAX_PAGE),
         ));
     }
-    let viewer = state.viewer(&claims.sub, &claims.allowed_topics()).await?;
+    let viewer = state
+        .store
+        .viewer(&claims.sub, &claims.allowed_topics())
+        .await?;
     let page = state
         .store
         .page(&viewer, query.after.unwrap_or(0), limit)
@@ -77,16 +80,17 @@ pub async fn list<A: Adapter>(
     Ok(Json(NotificationPage {
         notifications: page.notifications,
         next: if page.more { page.last_id } else { None },
+        epoch: Some(state.store.epoch().to_owned()),
     }))
 }
 
 /// `POST /api/v1/notifications/read` (user token): `{"ids": [..]}` or `{"up_to": id}`.
 pub async fn mark_read<A: Adapter>(
     State(state): State<SharedState<A>>,
-    User(claims): User,
+    WritingUser(claims): WritingUser,
     JsonBody(req): JsonBody<ReadRequest>,
-) -> Result<Json<ReadResult>, ApiError> {
-    let marked = state.mark_read(&claims, req, None).await?;
+) -> Result<Json<ReadResult>, HubError> {
+    let marked = crate::reads::mark_read(&state, &claims, req, None).await?;
     Ok(Json(ReadResult { marked }))
 }
 
@@ -95,15 +99,15 @@ pub async fn receipts<A: Adapter>(
     State(state): State<SharedState<A>>,
     Publisher(_): Publisher,
     Path(id): Path<String>,
-) -> Result<Json<Receipts>, ApiError> {
+) -> Result<Json<Receipts>, HubError> {
     let id: u64 = id
         .parse()
-        .map_err(|_| ApiError::new(ErrorCode::InvalidField, "the id must be a positive integer"))?;
+        .map_err(|_| HubError::new(ErrorCode::InvalidField, "the id must be a positive integer"))?;
     let rows = state
         .store
         .receipts(id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no notification {id}")))?;
+        .ok_or_else(|| HubError::not_found(format!("no notification {id}")))?;
     Ok(Json(Receipts {
         id,
         receipts: rows

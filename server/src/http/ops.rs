@@ -8,15 +8,10 @@ use axum::response::IntoResponse;
 use belfry_protocol::api::Health;
 use socketioxide::adapter::Adapter;
 
-/// `GET /healthz`: 200 when the store answers, 503 otherwise.
+/// `GET /healthz`: 200 when the store answers and its writer is not stuck, 503
+/// otherwise (checked at most once a second; see `health.rs`).
 pub async fn healthz<A: Adapter>(State(state): State<SharedState<A>>) -> impl IntoResponse {
-    // Both the read pool and the writer (a stuck or dead writer means no publish can
-    // succeed).
-    let writer = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        state.store.writer().ping(),
-    );
-    let ok = state.store.ping().await && writer.await.unwrap_or(false);
+    let ok = state.health.check().await;
     let status = if ok {
         StatusCode::OK
     } else {
@@ -38,6 +33,12 @@ pub async fn metrics<A: Adapter>(State(state): State<SharedState<A>>) -> impl In
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        {
+            state
+                .metrics
+                .store_commits_total
+                .absolute(state.store.writer().batches());
+            state.metrics.render()
+        },
     )
 }

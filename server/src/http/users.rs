@@ -1,7 +1,7 @@
 //! Per-user endpoints: subscriptions (user token) and presence (publish key).
 
-use super::extract::{Publisher, User};
-use crate::error::ApiError;
+use super::extract::{Publisher, User, WritingUser};
+use crate::error::HubError;
 use crate::state::SharedState;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -13,7 +13,7 @@ use socketioxide::adapter::Adapter;
 pub async fn list<A: Adapter>(
     State(state): State<SharedState<A>>,
     User(claims): User,
-) -> Result<Json<Subscriptions>, ApiError> {
+) -> Result<Json<Subscriptions>, HubError> {
     let topics = state.store.subscriptions(&claims.sub).await?;
     Ok(Json(Subscriptions { topics }))
 }
@@ -21,20 +21,23 @@ pub async fn list<A: Adapter>(
 /// `PUT /api/v1/subscriptions/{topic}`: subscribes every device of the user.
 pub async fn subscribe<A: Adapter>(
     State(state): State<SharedState<A>>,
-    User(claims): User,
+    WritingUser(claims): WritingUser,
     Path(topic): Path<String>,
-) -> Result<Json<Subscriptions>, ApiError> {
-    state.subscribe(&claims, &topic, None).await?;
+) -> Result<Json<Subscriptions>, HubError> {
+    state.membership.subscribe(&claims, &topic, None).await?;
     list(State(state), User(claims)).await
 }
 
 /// `DELETE /api/v1/subscriptions/{topic}`.
 pub async fn unsubscribe<A: Adapter>(
     State(state): State<SharedState<A>>,
-    User(claims): User,
+    WritingUser(claims): WritingUser,
     Path(topic): Path<String>,
-) -> Result<Json<Subscriptions>, ApiError> {
-    state.unsubscribe(&claims.sub, &topic, None).await?;
+) -> Result<Json<Subscriptions>, HubError> {
+    state
+        .membership
+        .unsubscribe(&claims.sub, &topic, None)
+        .await?;
     list(State(state), User(claims)).await
 }
 
@@ -43,9 +46,9 @@ pub async fn presence<A: Adapter>(
     State(state): State<SharedState<A>>,
     Publisher(_): Publisher,
     Path(user): Path<String>,
-) -> Result<Json<Presence>, ApiError> {
-    validate_user_id(&user).map_err(|e| ApiError::new(ErrorCode::InvalidField, e))?;
-    let devices = state.devices(&user).await as u64;
+) -> Result<Json<Presence>, HubError> {
+    validate_user_id(&user).map_err(|e| HubError::new(ErrorCode::InvalidField, e))?;
+    let devices = state.devices.count(&user).await as u64;
     Ok(Json(Presence {
         online: devices > 0,
         devices,

@@ -34,6 +34,19 @@ impl std::fmt::Display for ConnectRefused {
     }
 }
 
+/// The address of the client behind a socket's handshake (see `rate_limit.rs`).
+pub(crate) fn client_address<A: socketioxide::adapter::Adapter>(
+    state: &crate::state::AppState<A>,
+    socket: &socketioxide::extract::SocketRef<A>,
+) -> Option<std::net::IpAddr> {
+    let parts = socket.req_parts();
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    state.limits.client_address(peer, &parts.headers)
+}
+
 /// Where Socket.IO connections come in (socketioxide's default path).
 const SOCKET_IO_PATH: &str = "/socket.io/";
 

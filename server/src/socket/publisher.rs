@@ -4,6 +4,7 @@
 
 use super::{ConnectRefused, first_arg};
 use crate::cluster::HubAdapter;
+use crate::error::HubError;
 use crate::state::SharedState;
 use belfry_protocol::events::{self, PublishReply, PublisherAuth};
 use belfry_protocol::{ErrorBody, ErrorCode, PublishRequest, PublishResponse};
@@ -31,22 +32,27 @@ pub fn register<A: HubAdapter>(state: &SharedState<A>) -> A::InitRes {
         move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
             let state = state.clone();
             async move {
-                let refuse = |code, msg: &str| ConnectRefused(ErrorBody::new(code, msg));
-                let auth: PublisherAuth = auth
-                    .ok()
-                    .and_then(|v| serde_json::from_value(v).ok())
-                    .ok_or_else(|| {
-                        refuse(
-                            ErrorCode::Unauthorized,
-                            "send auth {\"key\": \"<publish key>\"}",
-                        )
-                    })?;
-                let index = state.keys.check(&auth.key).ok_or_else(|| {
-                    refuse(
-                        ErrorCode::InvalidPublishKey,
-                        "this publish key is not accepted",
-                    )
-                })?;
+                let address = super::client_address(&state, &socket);
+                let index = state
+                    .limits
+                    .authenticate(address, || {
+                        let auth: PublisherAuth = auth
+                            .ok()
+                            .and_then(|v| serde_json::from_value(v).ok())
+                            .ok_or_else(|| {
+                                HubError::new(
+                                    ErrorCode::Unauthorized,
+                                    "send auth {\"key\": \"<publish key>\"}",
+                                )
+                            })?;
+                        state.keys.check(&auth.key).ok_or_else(|| {
+                            HubError::new(
+                                ErrorCode::InvalidPublishKey,
+                                "this publish key is not accepted",
+                            )
+                        })
+                    })
+                    .map_err(|e| ConnectRefused(e.answer()))?;
                 socket.extensions.insert(KeyIndex(index));
                 Ok::<(), ConnectRefused>(())
             }
@@ -91,7 +97,7 @@ async fn reply<A: Adapter>(
     request: Result<PublishRequest, ErrorBody>,
 ) {
     let received = Instant::now();
-    let Some(_in_flight) = state.begin_publishing() else {
+    let Some(_in_flight) = state.drain.begin() else {
         let error = ErrorBody::new(ErrorCode::Unavailable, "the hub is shutting down");
         let _ = ack.send(&PublishReply::Error { error });
         return;
@@ -101,14 +107,16 @@ async fn reply<A: Adapter>(
             error: ErrorBody::new(ErrorCode::Unauthorized, "not authenticated"),
         },
         (Some(_), Err(error)) => PublishReply::Error { error },
-        (Some(KeyIndex(key)), Ok(req)) => match state.publish(key, req, received).await {
-            Ok(p) => PublishReply::Published(PublishResponse {
-                id: p.id,
-                created_at: p.created_at,
-                duplicate: p.duplicate,
-            }),
-            Err(e) => PublishReply::Error { error: e.into() },
-        },
+        (Some(KeyIndex(key)), Ok(req)) => {
+            match state.publishing.publish(key, req, received).await {
+                Ok(p) => PublishReply::Published(PublishResponse {
+                    id: p.id,
+                    created_at: p.created_at,
+                    duplicate: p.duplicate,
+                }),
+                Err(e) => e.publish_reply(),
+            }
+        }
     };
     let _ = ack.send(&reply);
 }

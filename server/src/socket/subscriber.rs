@@ -4,8 +4,12 @@
 
 use super::{ConnectRefused, first_arg};
 use crate::auth::{TokenSigner, UserClaims};
+use crate::catch_up::{self, CatchUpFrom};
 use crate::cluster::HubAdapter;
-use crate::delivery::{self, CatchUpFrom, Session, rooms, session, session as session_of};
+use crate::error::HubError;
+use crate::reads;
+use crate::serve::ConnectionHandle;
+use crate::session::{self, Session};
 use crate::state::SharedState;
 use belfry_protocol::events::{
     self, AckRequest, HandshakeAuth, ReadRequest, Reply, SyncRequest, TopicRequest,
@@ -16,14 +20,8 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 type Args = TryData<serde_json::Value>;
-
-/// The cursor the client sent in its handshake.
-#[derive(Debug, Clone, Copy)]
-struct HandshakeCursor(Option<u64>);
 
 /// Registers the namespace; returns the adapter's answer (see [`crate::cluster::HubAdapter`]).
 pub fn register<A: HubAdapter>(state: &SharedState<A>) -> A::InitRes {
@@ -40,8 +38,17 @@ pub fn register<A: HubAdapter>(state: &SharedState<A>) -> A::InitRes {
             let state = state.clone();
             async move {
                 let result = authenticate(&state, &socket, auth);
-                if result.is_err() {
-                    state.metrics.auth_failures_total.fetch_add(1, Relaxed);
+                // Refused credentials, not refusals of a valid token (a limit, an epoch).
+                if let Err(ConnectRefused(body)) = &result
+                    && matches!(
+                        body.code,
+                        ErrorCode::Unauthorized
+                            | ErrorCode::TokenMalformed
+                            | ErrorCode::TokenBadSignature
+                            | ErrorCode::TokenExpired
+                    )
+                {
+                    state.metrics.auth_failures_total.increment(1);
                 }
                 result
             }
@@ -52,25 +59,57 @@ pub fn register<A: HubAdapter>(state: &SharedState<A>) -> A::InitRes {
         .ns(events::SUBSCRIBER_NAMESPACE, on_connect.with(authenticate))
 }
 
+/// The connect middleware: the token (throttled per client address), then the user's
+/// connect rate and device count.
 fn authenticate<A: Adapter>(
     state: &SharedState<A>,
     socket: &SocketRef<A>,
     auth: Result<serde_json::Value, ParserError>,
 ) -> Result<(), ConnectRefused> {
-    let (claims, cursor) = check_handshake(&state.tokens, auth).map_err(ConnectRefused)?;
+    let address = super::client_address(state, socket);
+    let (claims, auth) = state
+        .limits
+        .authenticate(address, || Ok(check_handshake(&state.tokens, auth)?))
+        .map_err(|e| ConnectRefused(e.answer()))?;
+    if let Some(theirs) = &auth.epoch
+        && theirs != state.store.epoch()
+    {
+        // The cursor counts ids of a store this one is not (a backup was restored, or the
+        // store replaced): the client must start over, not resume.
+        return Err(ConnectRefused(ErrorBody::new(
+            ErrorCode::EpochChanged,
+            "this hub's store is in another epoch than your cursor (a backup was restored, \
+             or the store replaced): forget the cursor and the ids seen, and connect with \
+             cursor 0 and no epoch",
+        )));
+    }
+    let cursor = auth.cursor;
+    state
+        .limits
+        .connect(&claims.sub)
+        .map_err(|e| ConnectRefused(e.answer()))?;
+    let devices = state.devices.count_here(&claims.sub);
+    if devices >= state.config.max_devices as usize {
+        return Err(ConnectRefused(ErrorBody::new(
+            ErrorCode::TooManyDevices,
+            format!(
+                "{} already has {devices} devices connected (at most {}); close one first",
+                claims.sub, state.config.max_devices
+            ),
+        )));
+    }
     socket
         .extensions
-        .insert(Arc::new(Session::new(claims, &state.config.limits)));
-    socket.extensions.insert(HandshakeCursor(cursor));
+        .insert(Arc::new(Session::new(claims, cursor, &state.config)));
     Ok(())
 }
 
 /// Decodes a subscriber's handshake `auth` and verifies its token: the claims and the
-/// cursor the client holds, or why the connection is refused.
+/// rest of what the client sent (its cursor and epoch), or why the connection is refused.
 pub fn check_handshake(
     tokens: &TokenSigner,
     auth: Result<serde_json::Value, ParserError>,
-) -> Result<(UserClaims, Option<u64>), ErrorBody> {
+) -> Result<(UserClaims, HandshakeAuth), ErrorBody> {
     let refuse = |code, msg: &str| ErrorBody::new(code, msg);
     let auth = auth.map_err(|_| refuse(ErrorCode::Unauthorized, "handshake auth is not JSON"))?;
     if auth.is_null() {
@@ -86,11 +125,11 @@ pub fn check_handshake(
         )
     })?;
     let claims = tokens.verify(&auth.token)?;
-    Ok((claims, auth.cursor))
+    Ok((claims, auth))
 }
 
 async fn connected<A: Adapter>(state: SharedState<A>, socket: SocketRef<A>) {
-    let Some(session) = session(&socket) else {
+    let Some(session) = session::of(&socket) else {
         let _ = socket.disconnect();
         return;
     };
@@ -107,36 +146,24 @@ async fn connected<A: Adapter>(state: SharedState<A>, socket: SocketRef<A>) {
         move || {
             session.end();
             if session.uncount() {
-                state.metrics.connections.fetch_sub(1, Relaxed);
+                state.metrics.connections.decrement(1.0);
             }
             async {}
         }
     });
     session.count();
-    state.metrics.connections.fetch_add(1, Relaxed);
-    state.metrics.connections_total.fetch_add(1, Relaxed);
+    state.metrics.connections.increment(1.0);
+    state.metrics.connections_total.increment(1);
 
     {
-        // Serialised with subscribe / unsubscribe of the same user (see AppState).
-        let _user = state.user_lock(&session.user).lock().await;
-        socket.join([rooms::user(&session.user), rooms::ALL.to_owned()]);
-        let viewer = match state.viewer(&session.user, &session.allowed).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot load subscriptions; dropping the socket");
-                socket.leave_all();
-                let _ = socket.disconnect();
-                return;
-            }
-        };
-        // Rooms before the catch-up reads the store: see delivery.rs.
-        socket.join(
-            viewer
-                .topics
-                .iter()
-                .map(|t| rooms::topic(t))
-                .collect::<Vec<_>>(),
-        );
+        // Serialised with subscribe / unsubscribe of the same user (see membership.rs).
+        let _user = state.membership.user_lock(&session.user).lock().await;
+        if let Err(e) = state.membership.join_on_connect(&socket, &session).await {
+            tracing::error!(error = %e, "cannot load subscriptions; dropping the socket");
+            socket.leave_all();
+            let _ = socket.disconnect();
+            return;
+        }
     }
     if !socket.connected() {
         // Closed while we were joining: a join after the close would stay forever. (It
@@ -144,57 +171,69 @@ async fn connected<A: Adapter>(state: SharedState<A>, socket: SocketRef<A>) {
         session.end();
         socket.leave_all();
         if session.uncount() {
-            state.metrics.connections.fetch_sub(1, Relaxed);
+            state.metrics.connections.decrement(1.0);
         }
         return;
     }
     tracing::debug!(sid = %socket.id, user = %session.user, "subscriber connected");
     close_at_expiry(&socket, &session);
 
-    let cursor = socket.extensions.get::<HandshakeCursor>().and_then(|c| c.0);
-    delivery::catch_up_locked(
+    catch_up::catch_up_locked(
         &state,
         &socket,
         &session,
-        CatchUpFrom::Cursor(cursor),
+        CatchUpFrom::Cursor(session.cursor),
         catching_up,
     )
     .await;
 }
 
-/// Disconnects the socket when its token expires: a socket never outlives the token it
-/// was opened with. The client's reconnect then meets the refusal (`token_expired`).
+/// Closes the socket when its token expires: a socket never outlives the token it was
+/// opened with. The client's reconnect then meets the refusal (`token_expired`). A socket
+/// whose send buffer is full (its client reads nothing) has no room for a disconnect
+/// packet: its connection is closed instead, at once (and the disconnect is tried again
+/// every second, for a polling client whose connection comes and goes).
 fn close_at_expiry<A: Adapter>(socket: &SocketRef<A>, session: &Arc<Session>) {
     let (socket, session) = (socket.clone(), session.clone());
     tokio::spawn(async move {
         tokio::select! {
-            () = tokio::time::sleep(session.claims.remaining()) => {
-                tracing::info!(sid = %socket.id, user = %session.user, "token expired; disconnecting");
-                let _ = socket.disconnect();
+            () = tokio::time::sleep(session.claims.remaining()) => {}
+            () = session.ended() => return,
+        }
+        tracing::info!(sid = %socket.id, user = %session.user, "token expired; disconnecting");
+        loop {
+            if socket.clone().disconnect().is_ok() || !socket.connected() {
+                return;
             }
-            () = session.ended() => {}
+            if let Some(connection) = socket.req_parts().extensions.get::<ConnectionHandle>() {
+                connection.close();
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = session.ended() => return,
+            }
         }
     });
 }
 
 /// Applies the socket's event rate limit.
-fn within_rate(session: &Session) -> Result<(), ErrorBody> {
-    let mut bucket = session.events.lock().unwrap_or_else(|p| p.into_inner());
-    bucket.take(Instant::now()).map_err(|after| {
-        ErrorBody::new(
-            ErrorCode::RateLimited,
-            format!(
+fn within_rate(session: &Session) -> Result<(), HubError> {
+    session
+        .events
+        .check()
+        .map_err(|retry_after| HubError::RateLimited {
+            message: format!(
                 "too many events on this socket; retry in {} ms",
-                after.as_millis().max(1)
+                retry_after.as_millis().max(1)
             ),
-        )
-    })
+            retry_after,
+        })
 }
 
-fn reply<A: Adapter>(ack: AckSender<A>, result: Result<(), ErrorBody>) {
+fn reply<A: Adapter>(ack: AckSender<A>, result: Result<(), HubError>) {
     let body = match result {
         Ok(()) => Reply::ok(),
-        Err(e) => Reply::from(e),
+        Err(e) => e.reply(),
     };
     // A client that did not ask for an ack gets nothing; a closed socket is no error.
     let _ = ack.send(&body);
@@ -212,12 +251,14 @@ fn register_events<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>) {
                 move |socket: SocketRef<A>, TryData(args): Args, ack: AckSender<A>| {
                     let state = state.clone();
                     async move {
-                        let result = match session(&socket) {
+                        let result = match session::of(&socket) {
                             Some(session) => {
-                                let allowed = if $rate_limited {
-                                    within_rate(&session)
-                                } else {
-                                    Ok(())
+                                // Nothing is served on expired claims, whatever the
+                                // event (the socket is being closed).
+                                let allowed = match session.authorized() {
+                                    Err(e) => Err(HubError::from(e)),
+                                    Ok(()) if $rate_limited => within_rate(&session),
+                                    Ok(()) => Ok(()),
                                 };
                                 match allowed {
                                     Ok(()) => $handler(&state, &socket, &session, args).await,
@@ -225,7 +266,7 @@ fn register_events<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>) {
                                 }
                             }
                             None => {
-                                Err(ErrorBody::new(ErrorCode::Unauthorized, "not authenticated"))
+                                Err(HubError::new(ErrorCode::Unauthorized, "not authenticated"))
                             }
                         };
                         reply(ack, result);
@@ -234,14 +275,15 @@ fn register_events<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>) {
             );
         }};
     }
-    // Acks and heartbeats are cheap (an ack at or below the last one is answered without
-    // touching the store) and a client sends one per stored batch: no rate limit.
+    // Acks are cheap (one at or below the last is answered without touching anything)
+    // and a client sends one per stored batch: no rate limit. Every other event counts,
+    // heartbeats too (a client sends one every few seconds).
     on!(events::ACK, on_ack, false);
     on!(events::READ, on_read);
     on!(events::SUBSCRIBE, on_subscribe);
     on!(events::UNSUBSCRIBE, on_unsubscribe);
     on!(events::SYNC, on_sync);
-    on!(events::HEARTBEAT, on_heartbeat, false);
+    on!(events::HEARTBEAT, on_heartbeat);
 }
 
 async fn on_heartbeat<A: Adapter>(
@@ -249,7 +291,7 @@ async fn on_heartbeat<A: Adapter>(
     _socket: &SocketRef<A>,
     _session: &Session,
     _args: ArgsResult,
-) -> Result<(), ErrorBody> {
+) -> Result<(), HubError> {
     Ok(())
 }
 
@@ -260,11 +302,11 @@ async fn on_ack<A: Adapter>(
     _socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
-) -> Result<(), ErrorBody> {
+) -> Result<(), HubError> {
     let AckRequest { up_to } = first_arg(args, "{\"up_to\": id}")?;
     // An ack above anything published counts as the head (and cannot silence the
     // socket's later acks).
-    let up_to = up_to.min(state.head());
+    let up_to = up_to.min(state.head.get());
     if session.acks_something(up_to) {
         // Written in the background, coalesced per user (see receipts.rs).
         state.acks.note(&session.user, &session.allowed, up_to);
@@ -278,10 +320,9 @@ async fn on_read<A: Adapter>(
     socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
-) -> Result<(), ErrorBody> {
+) -> Result<(), HubError> {
     let req: ReadRequest = first_arg(args, "{\"ids\": [id, ..]} or {\"up_to\": id}")?;
-    state
-        .mark_read(&session.claims, req, Some(socket.id))
+    reads::mark_read(state, &session.claims, req, Some(socket.id))
         .await
         .map(drop)
 }
@@ -291,9 +332,10 @@ async fn on_subscribe<A: Adapter>(
     socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
-) -> Result<(), ErrorBody> {
+) -> Result<(), HubError> {
     let TopicRequest { topic } = first_arg(args, "{\"topic\": name}")?;
     state
+        .membership
         .subscribe(&session.claims, &topic, Some(socket.id))
         .await
         .map(drop)
@@ -304,9 +346,10 @@ async fn on_unsubscribe<A: Adapter>(
     socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
-) -> Result<(), ErrorBody> {
+) -> Result<(), HubError> {
     let TopicRequest { topic } = first_arg(args, "{\"topic\": name}")?;
     state
+        .membership
         .unsubscribe(&session.user, &topic, Some(socket.id))
         .await
         .map(drop)
@@ -317,14 +360,14 @@ async fn on_sync<A: Adapter>(
     socket: &SocketRef<A>,
     session: &Session,
     args: ArgsResult,
-) -> Result<(), ErrorBody> {
+) -> Result<(), HubError> {
     let SyncRequest { cursor } = first_arg(args, "{\"cursor\": id or null}")?;
     // Requests that pile up while one runs collapse into one (the latest cursor).
     if session.request_sync(cursor) {
         let (state, socket) = (state.clone(), socket.clone());
         tokio::spawn(async move {
-            if let Some(session) = session_of(&socket) {
-                delivery::requested_catch_up(&state, &socket, &session).await;
+            if let Some(session) = session::of(&socket) {
+                catch_up::requested_catch_up(&state, &socket, &session).await;
             }
         });
     }

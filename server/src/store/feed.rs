@@ -1,6 +1,10 @@
-//! What every node committed, in id order, for each node to deliver (PostgreSQL).
+//! The store's feed: what was committed, in order, for the node to act on.
 //!
-//! With SQLite, one writer assigns every id and hands its commits straight to delivery.
+//! [`Feed`] carries two streams: every committed notification in id order (for
+//! delivery), and every subscription change in commit order (for the rooms, see
+//! `cluster.rs`). Both come from the writer's batches ([`super::Effects`]).
+//!
+//! With SQLite, one writer assigns every id, and its commits are the feed as they are.
 //! With several nodes on one PostgreSQL store, ids from different nodes interleave, and a
 //! socket must still receive them in id order: a client may move its cursor over ids it
 //! holds (PROTOCOL.md section 7), so an id arriving after a higher one could be skipped
@@ -15,11 +19,13 @@
 //! delivered" never passes over an id that commits later.
 //!
 //! The same listening connection hears [`RoomChange`]s: a subscription stored on any node
-//! is announced by its own transaction, so every node hears it right after it commits,
-//! whether or not Redis is up (see `cluster.rs` for what a node does with it).
+//! is announced by its own transaction ([`announce`]), so every node hears it right after
+//! it commits, whether or not Redis is up.
 
-use super::db::Pool;
-use super::{Committed, Store};
+use super::Store;
+use super::commits::{Committed, Effects, RoomChange};
+use super::db::{Conn, Pool, on};
+use backon::{ExponentialBuilder, Retryable};
 use sqlx::postgres::{PgListener, PgPool};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,34 +34,11 @@ use tokio::sync::{Notify, mpsc};
 /// The channel publishing transactions notify.
 const CHANNEL: &str = "belfry_committed";
 /// The statement a publishing transaction runs before its commit.
-pub(crate) const NOTIFY_COMMITTED: &str = "SELECT pg_notify('belfry_committed', '')";
+const NOTIFY_COMMITTED: &str = "SELECT pg_notify('belfry_committed', '')";
 /// The channel of [`RoomChange`]s.
 const ROOMS: &str = "belfry_rooms";
 /// The statement that announces a [`RoomChange`] (`$1`: its JSON) at the commit.
-pub(crate) const NOTIFY_ROOMS: &str = "SELECT pg_notify('belfry_rooms', $1)";
-
-/// A change of who belongs in a topic's room, announced by the transaction that stored it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum RoomChange {
-    /// `user` subscribed to `topic`; every notification after `from` (the head when the
-    /// subscription was stored) may be for them.
-    Subscribed {
-        /// The user.
-        user: String,
-        /// The topic.
-        topic: String,
-        /// The committed head when the subscription was stored.
-        from: u64,
-    },
-    /// `user` unsubscribed from `topic`.
-    Unsubscribed {
-        /// The user.
-        user: String,
-        /// The topic.
-        topic: String,
-    },
-}
+const NOTIFY_ROOMS: &str = "SELECT pg_notify('belfry_rooms', $1)";
 
 /// What the listening connection reports about room changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +54,7 @@ pub enum RoomEvent {
 /// The node's LISTEN connection (PostgreSQL): it wakes the feed for each commit and
 /// reports room changes. Stops when dropped.
 #[derive(Debug)]
-pub struct Listener {
+struct Listener {
     notices: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -85,7 +68,7 @@ impl Drop for Listener {
 impl Listener {
     /// Listens (returns once LISTEN is in place, so no change after this is unheard);
     /// room events go to `rooms`. `None` on SQLite.
-    pub async fn start(
+    async fn start(
         store: &Store,
         rooms: mpsc::UnboundedSender<RoomEvent>,
     ) -> Result<Option<Listener>, super::StoreError> {
@@ -106,37 +89,116 @@ async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
 }
 /// How often the store is read without a notice.
 pub const POLL: Duration = Duration::from_secs(1);
+/// How the listening connection is made again: soon, then every [`POLL`], for as long
+/// as it takes.
+const RELISTEN: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(POLL)
+    .without_max_times();
 /// The most notifications read from the store at once.
 const PAGE: u32 = 500;
 
+/// What the store hands out (see the module documentation).
+#[derive(Debug)]
+pub struct Feed {
+    /// Committed notifications in id order, a batch at a time.
+    pub notifications: mpsc::Receiver<Vec<Committed>>,
+    /// Subscription changes in commit order, and the times they may have gone unheard.
+    pub rooms: mpsc::UnboundedReceiver<RoomEvent>,
+    /// The highest id committed when the feed started (what it hands out comes after).
+    pub head: u64,
+}
+
+/// Starts the feed of a store from `head`; `own` carries this node's writer's effects.
+/// Ends when the writer does.
+pub(super) async fn start(
+    store: &Store,
+    own: mpsc::Receiver<Effects>,
+    head: u64,
+) -> Result<(Feed, tokio::task::JoinHandle<()>), super::StoreError> {
+    let (notifications, notifications_rx) = mpsc::channel(64);
+    let (rooms, rooms_rx) = mpsc::unbounded_channel();
+    let task = match Listener::start(store, rooms.clone()).await? {
+        // One writer assigns every id: its commits are the feed.
+        None => tokio::spawn(forward(own, notifications, rooms)),
+        // Several nodes may write: what any of them committed, in id order.
+        Some(listener) => tokio::spawn(run(store.clone(), listener, own, notifications, head)),
+    };
+    let feed = Feed {
+        notifications: notifications_rx,
+        rooms: rooms_rx,
+        head,
+    };
+    Ok((feed, task))
+}
+
+/// The feed of a store only this node writes to (SQLite).
+async fn forward(
+    mut own: mpsc::Receiver<Effects>,
+    notifications: mpsc::Sender<Vec<Committed>>,
+    rooms: mpsc::UnboundedSender<RoomEvent>,
+) {
+    while let Some(effects) = own.recv().await {
+        for change in effects.rooms {
+            let _ = rooms.send(RoomEvent::Change(change));
+        }
+        if !effects.notifications.is_empty()
+            && notifications.send(effects.notifications).await.is_err()
+        {
+            break;
+        }
+    }
+    tracing::debug!("store feed stopped");
+}
+
+/// Tells the other nodes, at this transaction's commit, what it committed (PostgreSQL:
+/// a notice that wakes their feeds, and each room change). Nothing on SQLite.
+pub(super) async fn announce(conn: &mut Conn<'_>, effects: &Effects) -> Result<(), sqlx::Error> {
+    if conn.dialect() == super::Dialect::Sqlite {
+        return Ok(());
+    }
+    if !effects.notifications.is_empty() {
+        conn.exec(NOTIFY_COMMITTED).await?;
+    }
+    for change in &effects.rooms {
+        let payload = serde_json::to_string(change).unwrap_or_default();
+        on!(conn, c => sqlx::query(NOTIFY_ROOMS).bind(&payload).execute(c).await.map(drop))?;
+    }
+    Ok(())
+}
+
 /// Hands `out` every notification committed after `delivered`, in id order, until the
-/// writer stops (`local` closes). `local` carries this node's own commits.
-pub async fn run(
+/// writer stops (`own` closes). `own` carries this node's own commits (their room
+/// changes come back through the listener, with every other node's).
+async fn run(
     store: Store,
     listener: Listener,
-    mut local: mpsc::Receiver<Vec<Committed>>,
+    mut own: mpsc::Receiver<Effects>,
     out: mpsc::Sender<Vec<Committed>>,
     mut delivered: u64,
 ) {
     let notices = listener.notices.clone();
     let mut failing = false;
     loop {
-        let own = tokio::select! {
-            batch = local.recv() => match batch {
-                Some(batch) => Some(batch),
+        let mine = tokio::select! {
+            effects = own.recv() => match effects {
+                Some(effects) => Some(effects.notifications),
                 None => break,
             },
             () = notices.notified() => None,
             () = tokio::time::sleep(POLL) => None,
         };
-        if let Some(batch) = own
-            && follows(&batch, delivered)
-        {
-            delivered = batch.last().map_or(delivered, |c| c.notification.id);
-            if out.send(batch).await.is_err() {
-                break;
+        if let Some(batch) = mine {
+            if batch.is_empty() {
+                continue;
             }
-            continue;
+            if follows(&batch, delivered) {
+                delivered = batch.last().map_or(delivered, |c| c.notification.id);
+                if out.send(batch).await.is_err() {
+                    break;
+                }
+                continue;
+            }
         }
         match drain(&store, &out, &mut delivered).await {
             Ok(()) => failing = false,
@@ -218,16 +280,14 @@ async fn listen(
         }
         tracing::warn!("lost the connection that listens for commits; reconnecting");
         let _ = rooms.send(RoomEvent::Lost);
-        let mut pause = Duration::from_millis(100);
-        listener = loop {
-            match connect(&pool).await {
-                Ok(listener) => break listener,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot listen for commits yet");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(POLL);
-                }
-            }
+        let relistened = (|| connect(&pool))
+            .retry(RELISTEN)
+            .notify(|e, _| tracing::debug!(error = %e, "cannot listen for commits yet"))
+            .await;
+        listener = match relistened {
+            Ok(listener) => listener,
+            // RELISTEN never gives up; this is only the type's other half.
+            Err(_) => continue,
         };
         tracing::info!("listening for commits again");
         let _ = rooms.send(RoomEvent::Resumed);

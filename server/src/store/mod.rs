@@ -2,30 +2,35 @@
 //! several hub nodes), through sqlx.
 //!
 //! Reads go through a small connection pool and never block writes. Every write goes
-//! through one [`Writer`] task per hub that commits whole batches of operations in one
-//! transaction (group commit); see `writer.rs`. With PostgreSQL, [`feed`] hands every
-//! node what any node committed, in id order.
+//! through one [`writer`] task per hub that commits whole batches of operations in one
+//! transaction (group commit). The store hands out one [`Feed`] of what was committed:
+//! every notification in id order, and every subscription change in commit order, from
+//! this node's writer and, with PostgreSQL, from every other node's ([`feed`]).
 
+mod commits;
 mod db;
+pub mod epoch;
 pub mod feed;
 mod rows;
-mod writer;
+pub mod writer;
 
+pub use commits::{Committed, Effects, RoomChange};
 pub use db::{Dialect, is_postgres};
-pub use writer::{
-    AckPoint, Committed, PruneReport, Published, ReadSelection, Writer, WriterHandle,
-};
+pub use feed::{Feed, RoomEvent};
+pub use writer::WriterHandle;
+pub use writer::acks::{AckPoint, Acks};
+pub use writer::prune::{Prune, PruneReport};
+pub use writer::publish::{Publish, Published};
+pub use writer::read::{Read, ReadSelection};
+pub use writer::subscriptions::{Subscribe, Unsubscribe};
 
-/// Sizes the writer works with.
-pub mod writer_limits {
-    pub use super::writer::{IDEMPOTENCY_WINDOW_MS, MAX_BATCH, PRUNE_CHUNK};
-}
-
-use belfry_protocol::{Notification, Target};
+use belfry_protocol::{Notification, Target, TopicPatterns};
 use db::{Conn, Pool, on};
 use rows::StoreRow;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
+use tokio::task::JoinHandle;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +116,10 @@ pub struct Store {
     /// Connections for the feed (see [`feed`]).
     feed: Pool,
     writer: WriterHandle,
+    /// The writer and feed tasks, until [`Store::close`] waits for them.
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// The store's epoch (see [`epoch`]).
+    epoch: Arc<str>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -124,19 +133,46 @@ fn clamp_id(id: u64) -> i64 {
 impl Store {
     /// Opens the store: the database at `url` when one is given (`sqlite://...` or
     /// `postgres://...`), else `belfry.db` in `data_dir` (created if needed). Applies
-    /// migrations and prepares the writer task. The returned [`Writer`] must be run (see
-    /// [`Writer::run`]).
-    pub async fn open(data_dir: &Path, url: Option<&str>) -> Result<(Store, Writer), StoreError> {
-        let (pool, feed, conn) = db::open(data_dir, url).await?;
-        let (writer, handle) = Writer::new(conn);
-        Ok((
-            Store {
-                pool,
-                feed,
-                writer: handle,
-            },
-            writer,
-        ))
+    /// migrations, starts the writer and the feed, and returns the feed of what is
+    /// committed from now on.
+    pub async fn open(data_dir: &Path, url: Option<&str>) -> Result<(Store, Feed), StoreError> {
+        let (pool, feed_pool, conn) = db::open(data_dir, url).await?;
+        let (head, epoch) = {
+            let mut c = pool.acquire().await?;
+            let mut conn = c.conn();
+            let head = u64::try_from(head_id(&mut conn).await?).unwrap_or(0);
+            (head, epoch::establish(&mut conn, data_dir, head).await?)
+        };
+        let (writer, handle) = writer::Writer::new(conn, epoch::Mark::new(data_dir, &epoch));
+        let store = Store {
+            pool,
+            feed: feed_pool,
+            writer: handle,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+            epoch: epoch.into(),
+        };
+        let (committed, own) = tokio::sync::mpsc::channel(64);
+        let (feed, task) = feed::start(&store, own, head).await?;
+        let writer = tokio::spawn(writer.run(committed));
+        store.tasks().extend([writer, task]);
+        Ok((store, feed))
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store's epoch: ids only compare within one.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Gives the store a new epoch by hand (after restoring a backup on a machine that
+    /// never ran this hub, where the hub cannot notice it); returns it. Only while no hub
+    /// runs on the store.
+    pub async fn renew_epoch(&self) -> Result<String, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        epoch::renew(&mut c.conn(), &self.epoch).await
     }
 
     /// Which database the store runs on.
@@ -162,8 +198,15 @@ impl Store {
         )
     }
 
-    /// Closes the read pools (the writer closes its connection when its queue ends).
+    /// Finishes the writes queued, stops the writer and the feed, and closes the pools.
     pub async fn close(&self) {
+        self.writer.close().await;
+        let tasks = std::mem::take(&mut *self.tasks());
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a store task failed");
+            }
+        }
         self.pool.close().await;
         if let Pool::Postgres(feed) = &self.feed {
             feed.close().await;
@@ -175,6 +218,21 @@ impl Store {
         let mut c = self.pool.acquire().await?;
         let head = head_id(&mut c.conn()).await?;
         Ok(u64::try_from(head).unwrap_or(0))
+    }
+
+    /// The viewer for a user whose token allows `allowed`: their stored subscriptions
+    /// that the token allows.
+    pub async fn viewer(&self, user: &str, allowed: &TopicPatterns) -> Result<Viewer, StoreError> {
+        let topics = self
+            .subscriptions(user)
+            .await?
+            .into_iter()
+            .filter(|t| allowed.allows(t))
+            .collect();
+        Ok(Viewer {
+            user: user.to_owned(),
+            topics,
+        })
     }
 
     /// A user's subscribed topics, sorted.

@@ -34,7 +34,7 @@ pub struct TestHub {
 
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::new(dir, SECRET.into(), vec![KEY.into()]);
-    config.retention.prune_interval = Duration::from_millis(200);
+    config.prune_interval = Duration::from_millis(200);
     config
 }
 
@@ -261,6 +261,17 @@ pub fn client_builder(url: &str, namespace: &str, auth: Value) -> ClientBuilder 
         .auth(auth)
         .transport_type(TransportType::Websocket)
         .reconnect(false)
+}
+
+/// A client that reads nothing once its first event arrives: its handler never returns,
+/// so its connection's buffers and then the hub's fill up. Keep the client alive for as
+/// long as it should stay connected.
+pub async fn deaf_client(url: &str, auth: Value) -> Client {
+    client_builder(url, "/", auth)
+        .on_any(|_event, _payload, _c| std::future::pending::<()>().boxed())
+        .connect()
+        .await
+        .expect("transport connects")
 }
 
 impl Subscriber {
