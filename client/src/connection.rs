@@ -159,6 +159,8 @@ enum Ended {
     AuthRejected(String),
     Failed(String),
     Restart,
+    /// The hub's store is in another epoch: start over from 0, at once.
+    StartOver(Option<String>),
     Shutdown,
 }
 
@@ -271,12 +273,31 @@ impl Connection {
             let delay = match ended {
                 Ended::Shutdown => return,
                 Ended::Restart => continue,
+                Ended::StartOver(epoch) => match self.store.start_over(epoch.as_deref()).await {
+                    Ok(()) => {
+                        tracing::warn!(
+                            "the hub's store started over (a new epoch); catching up from the start, keeping the history"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        let delay = self.backoff.next_delay();
+                        self.set_status(
+                            ConnectionState::Reconnecting,
+                            format!(
+                                "Local store error: {e}. Trying again in {} s.",
+                                delay.as_secs_f64().ceil()
+                            ),
+                        );
+                        Some(delay)
+                    }
+                },
                 Ended::AuthRejected(why) => {
                     self.set_status(ConnectionState::AuthFailed, why);
                     Some(self.config.auth_retry)
                 }
                 Ended::Failed(why) => {
-                    let delay = self.backoff.next_delay(&mut rand::thread_rng());
+                    let delay = self.backoff.next_delay();
                     self.set_status(
                         ConnectionState::Reconnecting,
                         format!("{why}. Trying again in {} s.", delay.as_secs_f64().ceil()),
@@ -327,14 +348,14 @@ impl Connection {
     /// One connection, from opening to its end.
     async fn connection(&mut self, settings: &Settings) -> Ended {
         let url = settings.server_url.trim().to_owned();
-        let cursor = match self.store.cursor().await {
-            Ok(c) => c,
-            Err(e) => return Ended::Failed(format!("Local store error: {e}")),
+        let (cursor, epoch) = match (self.store.cursor().await, self.store.epoch().await) {
+            (Ok(c), Ok(e)) => (c, e),
+            (Err(e), _) | (_, Err(e)) => return Ended::Failed(format!("Local store error: {e}")),
         };
         let (tx, mut inbound) = mpsc::unbounded_channel();
         let client = match tokio::time::timeout(
             self.config.connect_timeout,
-            open(&url, settings.token.trim(), cursor, tx),
+            open(&url, settings.token.trim(), cursor, epoch.as_deref(), tx),
         )
         .await
         {
@@ -370,6 +391,9 @@ impl Connection {
         match opened {
             Err(_) => return Ended::Failed("The hub did not answer the handshake".into()),
             Ok(Err(e)) => {
+                if e.contains("epoch_changed") {
+                    return Ended::StartOver(None);
+                }
                 let (auth, sentence) = describe_refusal(&e);
                 return if auth {
                     Ended::AuthRejected(sentence)
@@ -396,8 +420,8 @@ impl Connection {
             tokio::select! {
                 message = inbound.recv() => match message {
                     Some(Inbound::Event(name, value)) => {
-                        if let Err(e) = self.on_event(client, &mut state, &name, value).await {
-                            return Ended::Failed(e);
+                        if let Err(ended) = self.on_event(client, &mut state, &name, value).await {
+                            return ended;
                         }
                     }
                     Some(Inbound::Error(e)) => return Ended::Failed(format!("Connection lost: {e}")),
@@ -458,11 +482,11 @@ impl Connection {
         state: &mut Catching,
         name: &str,
         value: Value,
-    ) -> Result<(), String> {
+    ) -> Result<(), Ended> {
         match name {
             events::SYNC => {
                 let batch: SyncBatch = serde_json::from_value(value)
-                    .map_err(|e| format!("Unreadable catch-up batch: {e}"))?;
+                    .map_err(|e| Ended::Failed(format!("Unreadable catch-up batch: {e}")))?;
                 // A batch means a catch-up is running: live ones no longer move the cursor.
                 state.synced = false;
                 let advance = batch.notifications.iter().map(|n| n.id).max();
@@ -470,7 +494,7 @@ impl Connection {
                     .store
                     .store(&batch.notifications, advance)
                     .await
-                    .map_err(|e| format!("Local store error: {e}"))?;
+                    .map_err(|e| Ended::Failed(format!("Local store error: {e}")))?;
                 if advance.is_some() {
                     self.ack(client).await;
                 }
@@ -485,11 +509,30 @@ impl Connection {
             }
             events::SYNCED => {
                 let synced: Synced = serde_json::from_value(value)
-                    .map_err(|e| format!("Unreadable catch-up end: {e}"))?;
+                    .map_err(|e| Ended::Failed(format!("Unreadable catch-up end: {e}")))?;
+                let held = self
+                    .store
+                    .epoch()
+                    .await
+                    .map_err(|e| Ended::Failed(format!("Local store error: {e}")))?;
+                match (&synced.epoch, held) {
+                    // The cursor counted another epoch's ids: none of this catch-up
+                    // may move it. Start over (the hub left this client unchecked: it
+                    // said no epoch when it connected).
+                    (Some(theirs), Some(ours)) if *theirs != ours => {
+                        return Err(Ended::StartOver(Some(theirs.clone())));
+                    }
+                    (Some(theirs), None) => self
+                        .store
+                        .adopt_epoch(theirs)
+                        .await
+                        .map_err(|e| Ended::Failed(format!("Local store error: {e}")))?,
+                    _ => {}
+                }
                 self.store
                     .advance_cursor(synced.head)
                     .await
-                    .map_err(|e| format!("Local store error: {e}"))?;
+                    .map_err(|e| Ended::Failed(format!("Local store error: {e}")))?;
                 state.synced = true;
                 self.ack(client).await;
                 self.backoff.reset();
@@ -502,14 +545,14 @@ impl Connection {
             }
             events::NOTIFICATION => {
                 let n: Notification = serde_json::from_value(value)
-                    .map_err(|e| format!("Unreadable notification: {e}"))?;
+                    .map_err(|e| Ended::Failed(format!("Unreadable notification: {e}")))?;
                 // The cursor rule: a live one moves the cursor only after `synced`.
                 let advance = state.synced.then_some(n.id);
                 let fresh = self
                     .store
                     .store(std::slice::from_ref(&n), advance)
                     .await
-                    .map_err(|e| format!("Local store error: {e}"))?;
+                    .map_err(|e| Ended::Failed(format!("Local store error: {e}")))?;
                 if state.synced {
                     self.ack(client).await;
                 }
@@ -581,17 +624,22 @@ struct Catching {
     received: usize,
 }
 
-/// Opens the Socket.IO connection; events flow into `tx`.
+/// Opens the Socket.IO connection with the cursor and the epoch it counts in; events
+/// flow into `tx`.
 async fn open(
     url: &str,
     token: &str,
     cursor: Option<u64>,
+    epoch: Option<&str>,
     tx: mpsc::UnboundedSender<Inbound>,
 ) -> Result<Client, rust_socketio::Error> {
     let (on_open, on_error, on_close, on_any) = (tx.clone(), tx.clone(), tx.clone(), tx);
     ClientBuilder::new(url)
         .namespace(events::SUBSCRIBER_NAMESPACE)
-        .auth(json!({ "token": token, "cursor": cursor }))
+        .auth(match epoch {
+            Some(epoch) => json!({ "token": token, "cursor": cursor, "epoch": epoch }),
+            None => json!({ "token": token, "cursor": cursor }),
+        })
         .transport_type(TransportType::Websocket)
         // Reconnecting is this module's job: the cursor must be re-read every time.
         .reconnect(false)

@@ -52,37 +52,17 @@ pub struct Device {
 
 /// The `sub` of a token, read without verifying (only to notice a change of account).
 fn token_subject(token: &str) -> Option<String> {
-    use base64_url::decode;
-    let payload = token.split('.').nth(1)?;
-    let bytes = decode(payload)?;
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    // base64url, with or without padding (JWTs have none, but a pasted token might).
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let payload = token.trim().split('.').nth(1)?;
+    let bytes = URL_SAFE.decode(payload).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     v.get("sub")?.as_str().map(str::to_owned)
-}
-
-/// Just enough base64url to read a JWT payload.
-mod base64_url {
-    pub(super) fn decode(input: &str) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(input.len() * 3 / 4);
-        let (mut acc, mut bits) = (0u32, 0u32);
-        for c in input.bytes() {
-            let v = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'-' => 62,
-                b'_' => 63,
-                b'=' => continue,
-                _ => return None,
-            };
-            acc = (acc << 6) | u32::from(v);
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push(((acc >> bits) & 0xff) as u8);
-            }
-        }
-        Some(out)
-    }
 }
 
 impl Device {
@@ -324,5 +304,22 @@ impl Device {
             .await
             .map(drop)
             .map_err(|e| DeviceError::Hub(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subject_is_read_from_any_jwt_shaped_token() {
+        // {"alg":"HS256"} . {"sub":"alice","exp":1} . signature
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MX0.c2ln";
+        assert_eq!(token_subject(token).as_deref(), Some("alice"));
+        // The same payload padded, as a person may paste it.
+        let padded = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MX0=.c2ln";
+        assert_eq!(token_subject(padded).as_deref(), Some("alice"));
+        assert_eq!(token_subject("not-a-token"), None);
+        assert_eq!(token_subject("a.!!!.c"), None);
     }
 }

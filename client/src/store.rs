@@ -1,6 +1,12 @@
 //! The local store (SQLite in the app's data dir): settings, the cursor, the history and
 //! read marks waiting to reach the hub. A batch and the cursor it allows are written in one
 //! transaction, before the client acknowledges them, so a crash never skips or repeats.
+//!
+//! The history is kept by era: one era per epoch of the hub's store. When the hub's store
+//! starts a new epoch (a backup restored), the device starts a new era ([`LocalStore::
+//! start_over`]): it keeps the old history (read), forgets the cursor, and takes the new
+//! epoch's ids as new, except for a notification it finds again (the same id and time),
+//! which moves into the new era instead of showing twice.
 
 use crate::settings::Settings;
 use belfry_protocol::events::ReadRequest;
@@ -59,16 +65,54 @@ fn now_ms() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
+/// When a notification was made, as its JSON says it (RFC 3339): with its id, what
+/// tells one notification from another across epochs.
+fn created_text(n: &Notification) -> String {
+    n.created_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 fn id_param(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
+/// Makes `dir` (created if needed) and the database `db` in it readable by their owner
+/// only. SQLite creates the `-wal` and `-shm` files with the database's permissions;
+/// those left by an older version are narrowed too.
+fn keep_private(dir: &Path, db: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        // Created empty and private before SQLite opens it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 impl LocalStore {
-    /// Opens (creating) `belfry-desktop.db` in `dir`.
+    /// Opens (creating) `belfry-desktop.db` in `dir`. The dir is the owner's only (0700)
+    /// and so are the database and its journal files (0600): they hold the token.
     pub async fn open(dir: &Path) -> Result<LocalStore> {
-        std::fs::create_dir_all(dir)?;
+        let db = dir.join("belfry-desktop.db");
+        keep_private(dir, &db)?;
         let options = SqliteConnectOptions::new()
-            .filename(dir.join("belfry-desktop.db"))
+            .filename(&db)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -119,7 +163,8 @@ impl LocalStore {
     pub async fn reset(&self) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM cursor").execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM notifications")
+        sqlx::query("DELETE FROM history").execute(&mut *tx).await?;
+        sqlx::query("UPDATE hub_epoch SET epoch = NULL")
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM pending_reads")
@@ -138,30 +183,55 @@ impl LocalStore {
         advance_to: Option<u64>,
     ) -> Result<Vec<Notification>> {
         let mut tx = self.pool.begin().await?;
+        let era: i64 = sqlx::query_scalar("SELECT era FROM hub_epoch WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
         let mut fresh = Vec::new();
         let now = now_ms();
         for n in notifications {
             let json = serde_json::to_string(n).unwrap_or_default();
-            let inserted = sqlx::query(
-                "INSERT OR IGNORE INTO notifications \
-                 (id, json, title, body, topic, priority, received_at, read) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            let created_at = created_text(n);
+            // Found again after the hub's store started over: it moves into this era.
+            let found_again = sqlx::query(
+                "UPDATE history SET era = ?1, json = ?2, read = ?5 WHERE era < ?1 AND id = ?3 \
+                 AND created_at = ?4 AND NOT EXISTS \
+                 (SELECT 1 FROM history WHERE era = ?1 AND id = ?3)",
             )
+            .bind(era)
+            .bind(&json)
             .bind(id_param(n.id))
-            .bind(json)
-            .bind(&n.title)
-            .bind(&n.body)
-            .bind(&n.topic)
-            .bind(i64::from(n.priority.level()))
-            .bind(now)
+            .bind(&created_at)
             .bind(n.read)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            let inserted = if found_again > 0 {
+                0
+            } else {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO history \
+                     (era, id, created_at, json, title, body, topic, priority, received_at, read) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(era)
+                .bind(id_param(n.id))
+                .bind(&created_at)
+                .bind(json)
+                .bind(&n.title)
+                .bind(&n.body)
+                .bind(&n.topic)
+                .bind(i64::from(n.priority.level()))
+                .bind(now)
+                .bind(n.read)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            };
             if inserted > 0 {
                 fresh.push(n.clone());
             } else if n.read {
-                sqlx::query("UPDATE notifications SET read = 1 WHERE id = ?")
+                sqlx::query("UPDATE history SET read = 1 WHERE era = ? AND id = ?")
+                    .bind(era)
                     .bind(id_param(n.id))
                     .execute(&mut *tx)
                     .await?;
@@ -172,8 +242,8 @@ impl LocalStore {
         }
         if !fresh.is_empty() {
             sqlx::query(
-                "DELETE FROM notifications WHERE id < \
-                 (SELECT id FROM notifications ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                "DELETE FROM history WHERE (era, id) < \
+                 (SELECT era, id FROM history ORDER BY era DESC, id DESC LIMIT 1 OFFSET ?)",
             )
             .bind(MAX_HISTORY - 1)
             .execute(&mut *tx)
@@ -181,6 +251,51 @@ impl LocalStore {
         }
         tx.commit().await?;
         Ok(fresh)
+    }
+
+    /// The hub's epoch this device follows, once a hub said it.
+    pub async fn epoch(&self) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT epoch FROM hub_epoch WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Takes the hub's epoch as this device's (when it had none yet).
+    pub async fn adopt_epoch(&self, epoch: &str) -> Result<()> {
+        sqlx::query("UPDATE hub_epoch SET epoch = ? WHERE id = 1")
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The hub's store started over (another epoch): a new era. The history so far stays,
+    /// all read (it can no longer be marked on the hub); the cursor goes back to 0, so the
+    /// next catch-up brings everything the hub has; read marks not yet sent are dropped
+    /// (their ids name the old epoch's notifications); the epoch becomes `epoch` (`None`:
+    /// whatever the next `synced` says).
+    pub async fn start_over(&self, epoch: Option<&str>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE history SET read = 1 WHERE read = 0")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE hub_epoch SET era = era + 1, epoch = ? WHERE id = 1")
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO cursor (id, value) VALUES (1, 0) \
+             ON CONFLICT (id) DO UPDATE SET value = 0",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM pending_reads")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn raise_cursor(conn: &mut sqlx::SqliteConnection, to: u64) -> Result<()> {
@@ -206,7 +321,8 @@ impl LocalStore {
             ReadRequest::Ids { ids } => {
                 let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
                 sqlx::query(
-                    "UPDATE notifications SET read = 1 WHERE read = 0 \
+                    "UPDATE history SET read = 1 WHERE read = 0 \
+                     AND era = (SELECT era FROM hub_epoch WHERE id = 1) \
                      AND id IN (SELECT value FROM json_each(?))",
                 )
                 .bind(ids)
@@ -214,10 +330,13 @@ impl LocalStore {
                 .await?
             }
             ReadRequest::UpTo { up_to } => {
-                sqlx::query("UPDATE notifications SET read = 1 WHERE read = 0 AND id <= ?")
-                    .bind(id_param(*up_to))
-                    .execute(&self.pool)
-                    .await?
+                sqlx::query(
+                    "UPDATE history SET read = 1 WHERE read = 0 \
+                     AND era = (SELECT era FROM hub_epoch WHERE id = 1) AND id <= ?",
+                )
+                .bind(id_param(*up_to))
+                .execute(&self.pool)
+                .await?
             }
         };
         Ok(done.rows_affected())
@@ -225,15 +344,17 @@ impl LocalStore {
 
     /// The highest id held (for "mark all read").
     pub async fn newest_id(&self) -> Result<Option<u64>> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM notifications")
-            .fetch_one(&self.pool)
-            .await?;
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT max(id) FROM history WHERE era = (SELECT era FROM hub_epoch WHERE id = 1)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
     }
 
     /// How many notifications are unread.
     pub async fn unread_count(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE read = 0")
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM history WHERE read = 0")
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -241,7 +362,7 @@ impl LocalStore {
 
     /// How many notifications the history holds.
     pub async fn history_len(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM history")
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -249,7 +370,7 @@ impl LocalStore {
 
     /// The history, newest first.
     pub async fn history(&self, q: &HistoryQuery) -> Result<Vec<Notification>> {
-        let mut sql = QueryBuilder::new("SELECT json, read FROM notifications WHERE 1 = 1");
+        let mut sql = QueryBuilder::new("SELECT json, read FROM history WHERE 1 = 1");
         match q.topic.as_deref() {
             Some("") => {
                 sql.push(" AND topic IS NULL");
@@ -282,10 +403,14 @@ impl LocalStore {
             }
         }
         if let Some(before) = q.before {
-            sql.push(" AND id < ").push_bind(id_param(before));
+            // Below `before` in this era, and everything of the eras before it.
+            sql.push(" AND (era, id) < ((SELECT era FROM hub_epoch WHERE id = 1), ")
+                .push_bind(id_param(before))
+                .push(")");
         }
         let limit = i64::from(q.limit.unwrap_or(200).clamp(1, 1000));
-        sql.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        sql.push(" ORDER BY era DESC, id DESC LIMIT ")
+            .push_bind(limit);
         let rows = sql.build().fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -302,7 +427,7 @@ impl LocalStore {
     /// The topics that appear in the history, sorted.
     pub async fn history_topics(&self) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT DISTINCT topic FROM notifications WHERE topic IS NOT NULL ORDER BY topic",
+            "SELECT DISTINCT topic FROM history WHERE topic IS NOT NULL ORDER BY topic",
         )
         .fetch_all(&self.pool)
         .await?)
@@ -359,6 +484,42 @@ mod tests {
             expires_at: time::macros::datetime!(2026-11-29 10:00 UTC),
             read: false,
         }
+    }
+
+    /// The data dir and the database (which holds the token) are the owner's only, also
+    /// when an older version left them open to others.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_data_dir_and_database_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().expect("tempdir");
+        let dir = parent.path().join("belfry");
+        let store = LocalStore::open(&dir).await.expect("open");
+        store
+            .save_settings(&Settings {
+                token: "a-token".into(),
+                ..Settings::default()
+            })
+            .await
+            .expect("saved");
+        assert_eq!(mode(&dir), 0o700);
+        for name in [
+            "belfry-desktop.db",
+            "belfry-desktop.db-wal",
+            "belfry-desktop.db-shm",
+        ] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+        store.close().await;
+        // An older version's: readable by everyone.
+        for (path, open) in [(dir.clone(), 0o755), (dir.join("belfry-desktop.db"), 0o644)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(open)).expect("chmod");
+        }
+        let store = LocalStore::open(&dir).await.expect("reopen");
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("belfry-desktop.db")), 0o600);
+        store.close().await;
     }
 
     #[tokio::test]

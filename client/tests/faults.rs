@@ -157,10 +157,18 @@ async fn cut_stalled_slowed_and_downed_links_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_stops_reading_slows_nobody_and_catches_up_later() {
     let hub_dir = tempfile::tempdir().unwrap();
-    // A frozen client is dropped about 40 s after it froze (ping interval + timeout,
-    // which is also the hub's TCP_USER_TIMEOUT): time enough to publish everything while
-    // it is still connected.
-    let pings = ["--ping-interval", "20s", "--ping-timeout", "20s"];
+    // A frozen client is dropped about 60 s after it froze (ping interval + timeout,
+    // which is also the hub's TCP_USER_TIMEOUT): time enough to publish everything and
+    // for the readers to store it (each stores a live notification in a transaction of
+    // its own: about 100 a second on this machine's disk) while it is still connected.
+    let pings = [
+        "--ping-interval",
+        "30s",
+        "--ping-timeout",
+        "30s",
+        "--idle-timeout",
+        "90s",
+    ];
     let hub = Hub::start_with(hub_dir.path(), free_port(), &pings).await;
     let proxy = FaultProxy::start(hub.addr()).await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -206,10 +214,16 @@ async fn a_consumer_that_stops_reading_slows_nobody_and_catches_up_later() {
         ids.extend(t.await.unwrap());
     }
     // The others have everything while the frozen one is still connected to the hub.
-    settle(&mut devices[..2], "the readers hold everything", |d| {
-        d.iter()
-            .all(|dev| ids.iter().all(|id| dev.stored.contains(id)))
-    })
+    let readers = Duration::from_secs(50);
+    settle_within(
+        &mut devices[..2],
+        "the readers hold everything",
+        readers,
+        |d| {
+            d.iter()
+                .all(|dev| ids.iter().all(|id| dev.stored.contains(id)))
+        },
+    )
     .await;
     let served_after = frozen_at.elapsed();
     let still_connected = hub.metric("belfry_connections").await;

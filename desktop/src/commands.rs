@@ -62,7 +62,13 @@ pub async fn mark_all_read(app: AppHandle, belfry: State<'_, Belfry>) -> Reply<u
 /// Opens a notification's link in the browser (http and https only).
 #[tauri::command]
 pub fn open_url(app: AppHandle, url: String) -> Reply<()> {
-    belfry_protocol::validate_url(&url)
+    open_link(&app, &url)
+}
+
+/// Opens a link in the browser, whoever asks (the window, or a click on a native
+/// notification): http and https only, never another scheme.
+pub fn open_link(app: &AppHandle, url: &str) -> Reply<()> {
+    belfry_protocol::validate_url(url)
         .map_err(|e| format!("This link cannot be opened: it {e}"))?;
     app.opener()
         .open_url(url, None::<&str>)

@@ -38,7 +38,8 @@ impl Options {
         T: Into<OsString> + Clone,
     {
         Options::try_parse_from(args).unwrap_or_else(|e| {
-            eprintln!("{e}");
+            // Not eprintln!, which panics on a closed stderr.
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("{e}\n"));
             Options::default()
         })
     }

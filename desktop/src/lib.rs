@@ -14,7 +14,6 @@ mod window;
 use belfry_client::{ClientEvent, ConnectionConfig, Device, UserAction};
 use std::sync::Mutex;
 use tauri::{AppHandle, Emitter, Manager, RunEvent};
-use tauri_plugin_opener::OpenerExt;
 
 /// Event the page hears when the connection state changes (payload: the status).
 pub const EVENT_STATUS: &str = "belfry://status";
@@ -43,6 +42,9 @@ pub fn run() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr (a supervisor that closed the pipe) loses the log lines; the
+        // default would report each lost line on stderr with eprintln!, which panics.
+        .log_internal_errors(false)
         .try_init();
     let options = launch::Options::from_args(std::env::args_os());
 
@@ -105,7 +107,11 @@ pub fn run() {
     let app = match app {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("Belfry cannot start: {e}");
+            tracing::error!(error = %e, "Belfry cannot start");
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("Belfry cannot start: {e}\n"),
+            );
             std::process::exit(1);
         }
     };
@@ -153,8 +159,8 @@ async fn pump(app: AppHandle, mut events: tokio::sync::mpsc::Receiver<ClientEven
                     let _ = app.emit(EVENT_NOTIFIER, &reason);
                 }
                 ClientEvent::Action(UserAction::OpenUrl { url }) => {
-                    if let Err(e) = app.opener().open_url(&url, None::<&str>) {
-                        tracing::warn!(%url, error = %e, "cannot open the browser");
+                    if let Err(e) = commands::open_link(&app, &url) {
+                        tracing::warn!(%url, error = %e, "not opening a link");
                     }
                 }
                 ClientEvent::Action(UserAction::OpenWindow) => window::show(&app),
@@ -167,5 +173,55 @@ async fn pump(app: AppHandle, mut events: tokio::sync::mpsc::Receiver<ClientEven
         if changed || status_changed {
             tray::refresh(&app).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The names between `start` and `end` in `text`: quoted (`"mark_read"`) or after
+    /// `commands::`.
+    fn names(text: &str, start: &str, end: &str) -> Vec<String> {
+        let from = text.find(start).expect("start") + start.len();
+        let part = &text[from..];
+        let part = &part[..part.find(end).expect("end")];
+        part.lines()
+            .map(|l| l.trim().trim_end_matches(','))
+            .filter_map(|l| {
+                l.strip_prefix("commands::")
+                    .or_else(|| l.strip_prefix('"').and_then(|l| l.strip_suffix('"')))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The window's capability grants the app's commands, each of them, and listening to
+    /// its events: nothing of Tauri's core, no plugin.
+    #[test]
+    fn the_capability_grants_exactly_the_app_commands_and_events() {
+        let registered = names(include_str!("lib.rs"), "generate_handler![", "]");
+        let declared = names(
+            include_str!("../build.rs"),
+            "const COMMANDS: &[&str] = &[",
+            "];",
+        );
+        assert_eq!(
+            registered, declared,
+            "build.rs and generate_handler! differ"
+        );
+        let capability: serde_json::Value =
+            serde_json::from_str(include_str!("../capabilities/default.json")).expect("JSON");
+        let granted: Vec<&str> = capability["permissions"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| p.as_str().expect("a name"))
+            .collect();
+        let mut expected = vec!["core:event:allow-listen", "core:event:allow-unlisten"];
+        let commands: Vec<String> = declared
+            .iter()
+            .map(|c| format!("allow-{}", c.replace('_', "-")))
+            .collect();
+        expected.extend(commands.iter().map(String::as_str));
+        assert_eq!(granted, expected);
     }
 }

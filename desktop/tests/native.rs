@@ -165,29 +165,57 @@ async fn the_tray_shows_the_unread_count_and_follows_reads_from_another_device()
     app.kill().await;
 }
 
+/// Clicking a notification opens its link with the desktop's web-link handler: the test
+/// desktop's stand-in browser, even on a machine where a real browser registered itself
+/// as the system's handler (as Debian's chromium does): the desktop's own XDG
+/// configuration comes first.
 #[tokio::test]
 async fn clicking_a_notification_opens_its_link_in_the_browser() {
     let desktop = Desktop::start().await;
     let hub_dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(hub_dir.path()).await;
     let data = tempfile::tempdir().unwrap();
-    // A stand-in browser that writes down what it was asked to open (xdg-open honours
-    // $BROWSER outside a desktop environment).
-    let opened = data.path().join("opened.txt");
-    let browser = data.path().join("browser.sh");
+    // A browser installed system-wide and registered as the default for web links.
+    let system = tempfile::tempdir().unwrap();
+    let hijacked = system.path().join("hijacked.txt");
+    let apps = system.path().join("share/applications");
+    std::fs::create_dir_all(&apps).unwrap();
+    std::fs::create_dir_all(system.path().join("xdg")).unwrap();
+    let chromium = system.path().join("chromium.sh");
     std::fs::write(
-        &browser,
-        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display()),
+        &chromium,
+        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", hijacked.display()),
     )
     .unwrap();
     let executable = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
-    std::fs::set_permissions(&browser, executable).unwrap();
+    std::fs::set_permissions(&chromium, executable).unwrap();
+    std::fs::write(
+        apps.join("chromium.desktop"),
+        format!(
+            "[Desktop Entry]\nType=Application\nName=Chromium\nExec={} %U\n\
+             MimeType=x-scheme-handler/http;x-scheme-handler/https;text/html;\n",
+            chromium.display()
+        ),
+    )
+    .unwrap();
+    let defaults = "[Default Applications]\nx-scheme-handler/http=chromium.desktop\n\
+                    x-scheme-handler/https=chromium.desktop\n";
+    std::fs::write(apps.join("mimeapps.list"), defaults).unwrap();
+    std::fs::write(system.path().join("xdg/mimeapps.list"), defaults).unwrap();
+    let data_dirs = format!(
+        "{}:/usr/local/share:/usr/share",
+        system.path().join("share").display()
+    );
+    let config_dirs = format!("{}:/etc/xdg", system.path().join("xdg").display());
     let app = App::start_with(
         &desktop,
         data.path(),
         &hub.url,
         "eva",
-        &[("BROWSER", browser.to_str().unwrap())],
+        &[
+            ("XDG_DATA_DIRS", &data_dirs),
+            ("XDG_CONFIG_DIRS", &config_dirs),
+        ],
     )
     .await;
     hub.publish(
@@ -206,11 +234,50 @@ async fn clicking_a_notification_opens_its_link_in_the_browser() {
         .unwrap();
     assert!(status.success());
     eventually("the link opened in the browser", || async {
-        std::fs::read_to_string(&opened)
-            .is_ok_and(|t| t.contains("https://example.com/pr/7"))
+        desktop
+            .opened()
+            .iter()
+            .any(|l| l == "https://example.com/pr/7")
             .then_some(())
     })
     .await;
+    assert!(
+        !hijacked.exists(),
+        "the system's browser took the link from the desktop's own handler"
+    );
+    app.kill().await;
+}
+
+/// Publishers' titles and bodies are text: a daemon that renders markup (dunst, here
+/// configured to) shows them as written, never as a link or an image of theirs.
+#[tokio::test]
+async fn markup_in_a_notification_is_shown_as_text() {
+    let desktop = Desktop::start().await;
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(hub_dir.path()).await;
+    let data = tempfile::tempdir().unwrap();
+    let app = App::start(&desktop, data.path(), &hub.url, "max").await;
+    hub.publish(json!({
+        "to": ["user:max"],
+        "title": "<b>Urgent</b> & important",
+        "body": "<a href=\"https://evil.example/\">Click</a> <img src=\"file:///etc/passwd\"/> <i>now</i>",
+    }))
+    .await;
+    let popup = desktop.wait_popup(|p| p.summary.contains("Urgent")).await;
+    // What dunst renders: its own bold for the title, and everything of the publisher's
+    // as text.
+    let shown = &popup.formatted;
+    assert!(
+        shown.starts_with("<b>") && shown.contains("&lt;b&gt;Urgent"),
+        "{popup:#?}"
+    );
+    for markup in ["<a ", "<img", "<i>", "</b> &amp"] {
+        assert!(!shown.contains(markup), "{markup} rendered: {popup:#?}");
+    }
+    assert!(
+        shown.contains("&lt;a href=&quot;https://evil.example/&quot;&gt;Click"),
+        "{popup:#?}"
+    );
     app.kill().await;
 }
 

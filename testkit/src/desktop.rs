@@ -1,7 +1,13 @@
 //! A headless desktop for end-to-end tests and benchmarks: Xvfb on a free display, a
 //! private D-Bus session, dunst printing every notification it receives (each one
-//! timestamped as it arrives), and the real tray app binary. Everything is started here
-//! and killed on drop.
+//! timestamped as it arrives, rendering markup as it does when configured so), and the
+//! real tray app binary. Everything is started here and killed on drop.
+//!
+//! The desktop has a home of its own: its own XDG config, data and cache directories, and
+//! in them a stand-in browser registered as the handler of web links, which writes down
+//! what it was asked to open ([`Desktop::opened`]). So the tests hold on a developer's
+//! desktop and on a machine with a real browser installed (whose registration would
+//! otherwise take the links), and write nothing into the real home.
 
 use crate::{WAIT, token, workspace_bin};
 use std::path::{Path, PathBuf};
@@ -10,6 +16,56 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// The environment that gives a program the desktop's home.
+fn xdg_env(home: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("HOME", home.to_owned()),
+        ("XDG_CONFIG_HOME", home.join(".config")),
+        ("XDG_DATA_HOME", home.join(".local/share")),
+        ("XDG_CACHE_HOME", home.join(".cache")),
+    ]
+}
+
+/// A home with dunst's configuration (markup rendered in full, as many desktops do) and a
+/// stand-in browser registered as the default handler of web links.
+fn make_home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    for dir in [".config/dunst", ".local/share/applications", ".cache"] {
+        std::fs::create_dir_all(h.join(dir)).unwrap();
+    }
+    std::fs::write(
+        h.join(".config/dunst/dunstrc"),
+        "[global]\n    markup = full\n    format = \"<b>%s</b>\\n%b\"\n",
+    )
+    .unwrap();
+    let opened = h.join("opened.txt");
+    let browser = h.join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display()),
+    )
+    .unwrap();
+    let executable = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&browser, executable).unwrap();
+    std::fs::write(
+        h.join(".local/share/applications/belfry-test-browser.desktop"),
+        format!(
+            "[Desktop Entry]\nType=Application\nName=Test browser\nExec={} %u\n\
+             MimeType=x-scheme-handler/http;x-scheme-handler/https;text/html;\n",
+            browser.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        h.join(".config/mimeapps.list"),
+        "[Default Applications]\nx-scheme-handler/http=belfry-test-browser.desktop\n\
+         x-scheme-handler/https=belfry-test-browser.desktop\ntext/html=belfry-test-browser.desktop\n",
+    )
+    .unwrap();
+    home
+}
 
 /// The tray app binary.
 pub fn app_bin() -> PathBuf {
@@ -20,41 +76,72 @@ pub fn app_bin() -> PathBuf {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Popup {
     pub appname: String,
+    /// The title as the app sent it.
     pub summary: String,
+    /// The body as the app sent it.
     pub body: String,
     pub urgency: String,
     pub actions: String,
+    /// What dunst renders (its format filled in, as markup), one line per line.
+    pub formatted: String,
 }
 
 fn parse_popups(text: &str) -> Vec<Popup> {
     let mut out = Vec::new();
     let mut current: Option<Popup> = None;
-    // `actions: {` opens a nested block whose lines are `key: label`, closed by `}`.
-    let mut in_actions = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if in_actions {
+    // Blocks like `actions: {` and `urls: {` hold lines of their own until `}`; only the
+    // actions are kept.
+    let mut block: Option<&str> = None;
+    // A field's value that runs over several lines (`formatted`): lines that do not
+    // start with a tab continue it.
+    let mut continuing = false;
+    for raw in text.lines() {
+        let line = raw.trim();
+        if let Some(name) = block {
             if line == "}" {
-                in_actions = false;
-            } else if let Some(p) = current.as_mut() {
+                block = None;
+            } else if let (Some(p), "actions") = (current.as_mut(), name) {
                 p.actions.push_str(line);
                 p.actions.push('\n');
             }
+            continue;
+        }
+        if line == "{" && current.is_some() {
+            // A block whose key stood alone on the line before (`urls:`).
+            block = Some("other");
         } else if line == "{" {
             current = Some(Popup::default());
+            continuing = false;
         } else if line == "}" {
             out.extend(current.take());
+            continuing = false;
+        } else if continuing && !raw.starts_with('\t') {
+            if let Some(p) = current.as_mut() {
+                p.formatted.push('\n');
+                p.formatted.push_str(raw.trim_end_matches('\''));
+            }
         } else if let Some(p) = current.as_mut()
             && let Some((key, value)) = line.split_once(": ").or_else(|| line.split_once(':'))
         {
-            let value = value.trim().trim_matches('\'').to_owned();
+            continuing = false;
+            let value = value.trim();
             match key {
-                "appname" => p.appname = value,
-                "summary" => p.summary = value,
-                "body" => p.body = value,
-                "urgency" => p.urgency = value,
-                "actions" if value == "{" => in_actions = true,
-                "actions" => p.actions = value,
+                "appname" => p.appname = value.trim_matches('\'').to_owned(),
+                "summary" => p.summary = value.trim_matches('\'').to_owned(),
+                "body" => p.body = value.trim_matches('\'').to_owned(),
+                "urgency" => p.urgency = value.to_owned(),
+                "formatted" => {
+                    p.formatted = value.trim_start_matches('\'').to_owned();
+                    if value.len() > 1 && value.ends_with('\'') {
+                        p.formatted.pop();
+                    } else {
+                        continuing = true;
+                    }
+                }
+                _ if value == "{" => {
+                    block = Some(if key == "actions" { "actions" } else { "other" })
+                }
+                "actions" => p.actions = value.to_owned(),
                 _ => {}
             }
         }
@@ -62,11 +149,12 @@ fn parse_popups(text: &str) -> Vec<Popup> {
     out
 }
 
-/// Xvfb + D-Bus session + dunst.
+/// Xvfb + D-Bus session + dunst, and a home of its own.
 #[derive(Debug)]
 pub struct Desktop {
     pub display: String,
     pub dbus: String,
+    home: tempfile::TempDir,
     // Held for kill-on-drop.
     _xvfb: Child,
     _bus: Child,
@@ -124,6 +212,7 @@ impl Desktop {
             let _ = child.kill().await;
         }
         let xvfb = xvfb.expect("no free X display");
+        let home = make_home();
         let mut bus = Command::new("dbus-daemon")
             .args(["--session", "--nofork", "--print-address=1"])
             .stdout(Stdio::piped())
@@ -138,13 +227,16 @@ impl Desktop {
             .unwrap()
             .unwrap();
         // Without a daemon, "dunst" is a process that prints nothing and owns no name.
-        let (program, args): (&str, &[&str]) = if daemon {
-            ("dunst", &["-print"])
+        let dunstrc = home.path().join(".config/dunst/dunstrc");
+        let dunstrc = dunstrc.to_str().unwrap();
+        let (program, args): (&str, Vec<&str>) = if daemon {
+            ("dunst", vec!["-print", "-config", dunstrc])
         } else {
-            ("sleep", &["600"])
+            ("sleep", vec!["600"])
         };
         let mut dunst = Command::new(program)
             .args(args)
+            .envs(xdg_env(home.path()))
             .env("DISPLAY", &display)
             .env("DBUS_SESSION_BUS_ADDRESS", &dbus)
             .stdout(Stdio::piped())
@@ -170,6 +262,7 @@ impl Desktop {
         let desktop = Desktop {
             display,
             dbus,
+            home,
             _xvfb: xvfb,
             _bus: bus,
             _dunst: dunst,
@@ -199,16 +292,33 @@ impl Desktop {
         self.arrived.lock().unwrap().len()
     }
 
-    /// A command for a program on this desktop (its display and session bus, never
-    /// Wayland), killed when dropped.
+    /// A command for a program on this desktop (its display, session bus and home,
+    /// never Wayland), killed when dropped.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         command
+            .envs(xdg_env(self.home.path()))
             .env("DISPLAY", &self.display)
             .env("DBUS_SESSION_BUS_ADDRESS", &self.dbus)
             .env_remove("WAYLAND_DISPLAY")
+            // Links go to the stand-in browser through the XDG handler, not this.
+            .env_remove("BROWSER")
             .kill_on_drop(true);
         command
+    }
+
+    /// The desktop's home (`HOME`; its XDG directories are the usual ones below it).
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Every link the stand-in browser was asked to open, in order.
+    pub fn opened(&self) -> Vec<String> {
+        std::fs::read_to_string(self.home.path().join("opened.txt"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Every notification dunst received so far.
@@ -225,8 +335,9 @@ impl Desktop {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no such popup; dunst got: {:#?}",
-                self.popups()
+                "no such popup; dunst got: {:#?}\nas printed:\n{}",
+                self.popups(),
+                self.printed.lock().unwrap()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -30,14 +30,33 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    match follow(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A closed stdout ends the follower, as it ends any filter (`| head -1`).
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            note(format_args!("belfry-follow: {e}"));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn follow(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr (a supervisor that closed the pipe) loses the log lines; the
+        // default would report each lost line on stderr with eprintln!, which panics.
+        .log_internal_errors(false)
         .try_init();
     let overrides = Overrides {
         server_url: args.server,
@@ -60,11 +79,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 stdout.flush()?;
             }
-            ClientEvent::Status(s) => eprintln!("[{:?}] {}", s.state, s.detail),
-            ClientEvent::CaughtUp { received } => eprintln!("caught up: {received} new"),
-            ClientEvent::NotifierUnavailable { reason } => eprintln!("{reason}"),
+            // Not eprintln!, which panics on a closed stderr.
+            ClientEvent::Status(s) => note(format_args!("[{:?}] {}", s.state, s.detail)),
+            ClientEvent::CaughtUp { received } => note(format_args!("caught up: {received} new")),
+            ClientEvent::NotifierUnavailable { reason } => note(reason),
             _ => {}
         }
     }
     Ok(())
+}
+
+/// A line on stderr for the person watching; lost if nobody is.
+fn note(line: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

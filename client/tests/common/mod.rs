@@ -23,7 +23,17 @@ pub fn fast_config() -> ConnectionConfig {
 
 /// Drains every device until `done` holds (checked every 50 ms), for at most [`WAIT`].
 pub async fn settle(devices: &mut [TestDevice], what: &str, done: impl Fn(&[TestDevice]) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    settle_within(devices, what, WAIT, done).await;
+}
+
+/// [`settle`] for at most `limit`.
+pub async fn settle_within(
+    devices: &mut [TestDevice],
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&[TestDevice]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         devices.iter_mut().for_each(TestDevice::drain);
         if done(devices) {
