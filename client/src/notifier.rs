@@ -3,7 +3,8 @@
 //! runs on a blocking thread. A missing daemon is reported, never a crash.
 //!
 //! What publishers write is text, whatever the daemon does with it: the body is escaped
-//! for a daemon that renders markup in bodies (it says so: `body-markup`). Titles are
+//! for a daemon that renders markup in bodies (it says so: `body-markup`), and while the
+//! daemon cannot be asked. Titles are
 //! plain text to every daemon (the specification says so, and dunst and GNOME escape
 //! them themselves), so they go as they are. A click or a button opens only http and
 //! https links.
@@ -35,13 +36,13 @@ impl Markup {
         }
     }
 
-    /// The daemon's, asked once (on a blocking thread: notify-rust's calls block).
-    async fn of_daemon() -> Markup {
-        tokio::task::spawn_blocking(|| {
-            Markup::of(&notify_rust::get_capabilities().unwrap_or_default())
-        })
-        .await
-        .unwrap_or_default()
+    /// The daemon's (on a blocking thread: notify-rust's calls block); an error when it
+    /// cannot be asked (no daemon yet).
+    async fn of_daemon() -> Result<Markup, ()> {
+        tokio::task::spawn_blocking(|| notify_rust::get_capabilities().map(|c| Markup::of(&c)))
+            .await
+            .map_err(drop)?
+            .map_err(drop)
     }
 }
 
@@ -119,7 +120,12 @@ impl Notifier {
 
     /// Shows one popup. Failures are reported once (until a popup works again).
     pub async fn show(&self, popup: &Popup) {
-        let markup = *self.markup.get_or_init(Markup::of_daemon).await;
+        // Asked until the daemon answers (it may start after the app does). Unknown, the
+        // body is escaped: literal entities are better than markup a publisher wrote.
+        let markup = match self.markup.get_or_try_init(Markup::of_daemon).await {
+            Ok(markup) => *markup,
+            Err(()) => Markup { body: true },
+        };
         let body = |t: &str| {
             if markup.body {
                 escape_markup(t)

@@ -49,8 +49,10 @@ pub struct HistoryQuery {
     pub unread_only: bool,
     /// Words that must appear in the title or body (case-insensitive).
     pub search: Option<String>,
-    /// Only ids below this (for paging backwards).
-    pub before: Option<u64>,
+    /// Skips this many of the matching ones, newest first (for paging: the next page
+    /// starts where the last ended). An offset, not an id: ids of different epochs of
+    /// the hub overlap, so no id says where a page ended.
+    pub offset: Option<u32>,
     /// At most this many (default 200, at most 1000).
     pub limit: Option<u32>,
 }
@@ -77,15 +79,20 @@ fn id_param(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
-/// Makes `dir` (created if needed) and the database `db` in it readable by their owner
-/// only. SQLite creates the `-wal` and `-shm` files with the database's permissions;
+/// Makes the database `db` in `dir` readable by its owner only, and `dir` too when it is
+/// the store's own: created now, or holding the database already (an older version made
+/// it open to everyone). A directory that held other things (`--data-dir .`) keeps its
+/// mode. SQLite creates the `-wal` and `-shm` files with the database's permissions;
 /// those left by an older version are narrowed too.
 fn keep_private(dir: &Path, db: &Path) -> std::io::Result<()> {
+    let own_dir = !dir.exists() || db.exists();
     std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if own_dir {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         // Created empty and private before SQLite opens it.
         std::fs::OpenOptions::new()
             .write(true)
@@ -106,8 +113,9 @@ fn keep_private(dir: &Path, db: &Path) -> std::io::Result<()> {
 }
 
 impl LocalStore {
-    /// Opens (creating) `belfry-desktop.db` in `dir`. The dir is the owner's only (0700)
-    /// and so are the database and its journal files (0600): they hold the token.
+    /// Opens (creating) `belfry-desktop.db` in `dir`. The database and its journal files
+    /// are the owner's only (0600), and so is the dir (0700) when it is the store's own:
+    /// they hold the token.
     pub async fn open(dir: &Path) -> Result<LocalStore> {
         let db = dir.join("belfry-desktop.db");
         keep_private(dir, &db)?;
@@ -402,15 +410,12 @@ impl LocalStore {
                     .push(" ESCAPE '\\')");
             }
         }
-        if let Some(before) = q.before {
-            // Below `before` in this era, and everything of the eras before it.
-            sql.push(" AND (era, id) < ((SELECT era FROM hub_epoch WHERE id = 1), ")
-                .push_bind(id_param(before))
-                .push(")");
-        }
         let limit = i64::from(q.limit.unwrap_or(200).clamp(1, 1000));
+        let offset = i64::from(q.offset.unwrap_or(0)).min(MAX_HISTORY);
         sql.push(" ORDER BY era DESC, id DESC LIMIT ")
-            .push_bind(limit);
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
         let rows = sql.build().fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -520,6 +525,16 @@ mod tests {
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join("belfry-desktop.db")), 0o600);
         store.close().await;
+        // A directory of other things is left as it is; the database is still private.
+        let shared = parent.path().join("projects");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let store = LocalStore::open(&shared)
+            .await
+            .expect("open in a shared dir");
+        assert_eq!(mode(&shared), 0o755);
+        assert_eq!(mode(&shared.join("belfry-desktop.db")), 0o600);
+        store.close().await;
     }
 
     #[tokio::test]
@@ -594,7 +609,7 @@ mod tests {
         };
         assert_eq!(ids(store.history(&percent).await.expect("h")), vec![2]);
         let page = HistoryQuery {
-            before: Some(3),
+            offset: Some(2),
             limit: Some(1),
             ..Default::default()
         };
@@ -633,6 +648,47 @@ mod tests {
         assert_eq!(pending.len(), 1);
         store.drop_pending_read(pending[0].0).await.expect("d");
         assert!(store.pending_reads().await.expect("p").is_empty());
+    }
+
+    #[tokio::test]
+    async fn paging_walks_every_era_once_however_their_ids_overlap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::open(dir.path()).await.expect("open");
+        let old: Vec<_> = (1..=5)
+            .map(|id| note(id, &format!("old {id}"), None, Priority::Default))
+            .collect();
+        store.store(&old, Some(5)).await.expect("store");
+        store.start_over(Some("e2")).await.expect("start over");
+        // The new epoch's ids run over the old ones' (other notifications: made later).
+        let new: Vec<_> = (3..=7)
+            .map(|id| Notification {
+                created_at: time::macros::datetime!(2026-11-23 10:00 UTC),
+                ..note(id, &format!("new {id}"), None, Priority::Default)
+            })
+            .collect();
+        store.store(&new, Some(7)).await.expect("store");
+        let mut titles = Vec::new();
+        for page in 0..6 {
+            let query = HistoryQuery {
+                offset: Some(page * 2),
+                limit: Some(2),
+                ..Default::default()
+            };
+            titles.extend(
+                store
+                    .history(&query)
+                    .await
+                    .expect("h")
+                    .into_iter()
+                    .map(|n| n.title),
+            );
+        }
+        let expected: Vec<String> = (3..=7)
+            .rev()
+            .map(|id| format!("new {id}"))
+            .chain((1..=5).rev().map(|id| format!("old {id}")))
+            .collect();
+        assert_eq!(titles, expected);
     }
 
     #[tokio::test]

@@ -101,18 +101,18 @@ impl TestDevice {
     /// Every id the device's store holds, paging back through its history.
     pub async fn held(&self) -> BTreeSet<u64> {
         let mut held = BTreeSet::new();
-        let mut before = None;
+        let mut offset = 0;
         loop {
             let query = belfry_client::HistoryQuery {
                 limit: Some(1000),
-                before,
+                offset: Some(offset),
                 ..Default::default()
             };
             let page = self.device.history(&query).await.unwrap();
-            let Some(last) = page.last() else {
+            if page.is_empty() {
                 return held;
-            };
-            before = Some(last.id);
+            }
+            offset += u32::try_from(page.len()).unwrap();
             held.extend(page.iter().map(|n| n.id));
         }
     }
