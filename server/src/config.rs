@@ -192,10 +192,11 @@ settings! {
     /// Client events a socket may burst above the rate.
     socket_event_burst: u32 = 60;
         flag "--socket-event-burst", env "BELFRY_SOCKET_EVENT_BURST", shown "`60`";
-    /// Sustained HTTP writes per second per user (mark read, subscribe, unsubscribe).
+    /// Sustained writes per second per user (mark read, subscribe, unsubscribe), over
+    /// HTTP and Socket.IO together.
     user_write_rate: f64 = 10.0;
         flag "--user-write-rate", env "BELFRY_USER_WRITE_RATE", shown "`10`/s";
-    /// HTTP writes a user may burst above the rate.
+    /// Writes a user may burst above the rate.
     user_write_burst: u32 = 30;
         flag "--user-write-burst", env "BELFRY_USER_WRITE_BURST", shown "`30`";
     /// Sustained Socket.IO connects per second per user.
@@ -208,8 +209,8 @@ settings! {
     /// Most devices (Socket.IO connections) one user may have connected to one node.
     max_devices: u32 = 50;
         flag "--max-devices", env "BELFRY_MAX_DEVICES", shown "`50`";
-    /// Sustained failed authentications per minute per client address before it is
-    /// slowed down.
+    /// Sustained failed authentications per minute per client address (an IPv6 one by
+    /// its /64) before it is slowed down.
     auth_failure_rate: f64 = 30.0;
         flag "--auth-failure-rate", env "BELFRY_AUTH_FAILURE_RATE", shown "`30`/min";
     /// Failed authentications a client address may burst above the rate.
@@ -275,7 +276,13 @@ pub fn redact_url(url: &str) -> String {
                 format!("{scheme}://{user}@{host}{path}")
             }
         }
-        None => url.to_owned(),
+        // An `@` after the authority: most likely a password holding an unencoded `/`,
+        // `?` or `#` (a malformed URL, the one most likely printed in an error). All of
+        // it up to that `@` goes.
+        None => match rest.rsplit_once('@') {
+            Some((_, after)) => format!("{scheme}://***@{after}"),
+            None => url.to_owned(),
+        },
     }
 }
 
@@ -538,15 +545,25 @@ impl Provider for NamedFile {
 /// Reads a duration: humantime (`90d`, `12h`, `1h 30m`, `250ms`), or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text
-            .parse()
+    let duration = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse()
             .map(Duration::from_secs)
-            .map_err(|e| format!("{text:?}: {e}"));
+            .map_err(|e| format!("{text:?}: {e}"))?
+    } else {
+        humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration like 90d, 12h, 30m or 45s: {e}"))?
+    };
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than any setting may be (ten years)"
+        ));
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like 90d, 12h, 30m or 45s: {e}"))
+    Ok(duration)
 }
+
+/// The longest duration any setting takes: far above any sensible one, and far below
+/// what overflows when the hub adds two of them or one to the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// How a setting's type is read from any layer: a TOML value, or the text of an
 /// environment variable or a flag.
@@ -611,11 +628,13 @@ impl Read for Vec<String> {
             .map(str::to_owned)
             .collect())
     }
+    /// A list (a TOML array, or a repeated flag's values, split already): each item as
+    /// it is.
     fn from_list(items: Vec<String>) -> Result<Self, String> {
-        // A repeated flag may itself hold commas (BELFRY_PUBLISH_KEYS style).
         Ok(items
-            .iter()
-            .flat_map(|i| Self::from_text(i).unwrap_or_default())
+            .into_iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
             .collect())
     }
     fn empty() -> Option<Self> {
@@ -682,7 +701,13 @@ impl<'de, T: Read> serde::Deserialize<'de> for Lenient<T> {
 /// as the environment's are.
 pub fn flag_value(setting: &Setting, values: Vec<String>) -> Value {
     if setting.many {
-        Value::from(values)
+        // A repeated flag may itself hold commas, as the environment's value does.
+        let split = values
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        Value::from(split)
     } else {
         Value::from(values.into_iter().next_back().unwrap_or_default())
     }
@@ -705,6 +730,24 @@ mod tests {
     }
 
     #[test]
+    fn list_items_keep_their_commas_but_text_and_flags_split() {
+        let key = "a-key,with-a-comma".to_owned();
+        assert_eq!(Vec::<String>::from_list(vec![key.clone()]), Ok(vec![key]));
+        assert_eq!(
+            Vec::<String>::from_text("k1, k2"),
+            Ok(vec!["k1".to_owned(), "k2".to_owned()])
+        );
+        let keys = SETTINGS
+            .iter()
+            .find(|s| s.key == "publish_keys")
+            .expect("a setting");
+        assert_eq!(
+            flag_value(keys, vec!["k1,k2".into(), "k3".into()]),
+            Value::from(vec!["k1", "k2", "k3"])
+        );
+    }
+
+    #[test]
     fn durations_are_humantime_or_plain_seconds() {
         assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
@@ -714,6 +757,10 @@ mod tests {
         assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5q").is_err());
+        // Absurd ones are refused, not left to overflow later.
+        assert!(parse_duration("18446744073709551615").is_err());
+        assert!(parse_duration("11y").is_err());
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
     }
 
     /// The layers, each over the one below: defaults < file < environment < flags. Every
@@ -815,6 +862,12 @@ mod tests {
         );
         assert_eq!(redact_url("redis://r:6379/"), "redis://r:6379/");
         assert_eq!(redact_url("redis://:pw@r/"), "redis://:***@r/");
+        // Passwords with the characters that end an authority, unencoded.
+        assert_eq!(
+            redact_url("redis://:pa/ss@r:6379/0"),
+            "redis://***@r:6379/0"
+        );
+        assert_eq!(redact_url("postgres://u:p?w#d@h/db"), "postgres://***@h/db");
         assert_eq!(
             redact_url("postgres://u@h/db?password=x&sslmode=require"),
             "postgres://u@h/db?password=***&sslmode=require"
