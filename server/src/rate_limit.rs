@@ -1,10 +1,12 @@
 //! Every rate limit of the hub, on governor's GCRA limiters: per publish key, per socket,
-//! per user (HTTP writes, connects) and per client address (failed authentications).
+//! per user (writes, connects) and per client address (failed authentications).
 //! Each answers `Err(wait)` with how long until the next attempt would be allowed, which
 //! the edges turn into `429` + `Retry-After` or a `rate_limited` reply.
 //!
 //! A client's address is the connection's peer, or, when the peer is one of the trusted
 //! proxies (`--trusted-proxy`), the nearest untrusted address of its `X-Forwarded-For`.
+//! Failed authentications are counted per [`Client`]: an IPv4 address, or an IPv6 /64
+//! (what one subscriber line or host is usually given).
 
 use crate::config::Config;
 use crate::error::HubError;
@@ -14,7 +16,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -85,10 +87,10 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
 /// so guessing keys or tokens from one address runs at the configured rate at most.
 #[derive(Debug)]
 pub struct AuthThrottle {
-    failures: KeyedLimit<IpAddr>,
-    /// Addresses refused until then. A std mutex: a lookup or an insert, never held
+    failures: KeyedLimit<Client>,
+    /// Clients refused until then. A std mutex: a lookup or an insert, never held
     /// across an await.
-    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    blocked: Mutex<HashMap<Client, Instant>>,
 }
 
 impl AuthThrottle {
@@ -100,24 +102,24 @@ impl AuthThrottle {
         }
     }
 
-    fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
+    fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<Client, Instant>> {
         self.blocked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `address` may try a credential now; `Err(wait)` while it is refused.
-    pub fn admit(&self, address: IpAddr) -> Result<(), Duration> {
+    pub fn admit(&self, client: &Client) -> Result<(), Duration> {
         let now = Instant::now();
-        match self.blocked().get(&address) {
+        match self.blocked().get(client) {
             Some(until) if *until > now => Err(*until - now),
             _ => Ok(()),
         }
     }
 
-    /// Records a failed attempt from `address`; `Some(wait)` when it is now refused for
+    /// Records a failed attempt from `client`; `Some(wait)` when it is now refused for
     /// that long.
-    pub fn failed(&self, address: IpAddr) -> Option<Duration> {
-        let wait = self.failures.check(&address).err()?;
-        self.blocked().insert(address, Instant::now() + wait);
+    pub fn failed(&self, client: &Client) -> Option<Duration> {
+        let wait = self.failures.check(client).err()?;
+        self.blocked().insert(client.clone(), Instant::now() + wait);
         Some(wait)
     }
 
@@ -129,10 +131,53 @@ impl AuthThrottle {
     }
 }
 
+/// Who failed authentications are counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// An IPv4 address, or the /64 of an IPv6 one.
+    Address(IpAddr),
+    /// What a forwarded header said where an address should be (at most 64 bytes of it):
+    /// a chain of proxies that passes on what clients claim.
+    Claimed(Box<str>),
+}
+
+impl Client {
+    /// The client at `address` (already [`normal`]): IPv6 ones by their /64.
+    fn address(address: IpAddr) -> Client {
+        Client::Address(match address {
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+            v4 => v4,
+        })
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Address(IpAddr::V6(v6)) => write!(f, "{v6}/64"),
+            Client::Address(v4) => write!(f, "{v4}"),
+            Client::Claimed(text) => write!(f, "{text:?} (forwarded)"),
+        }
+    }
+}
+
+/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) as the IPv4 one.
+fn normal(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A forwarded entry that is no address, kept short.
+fn claimed(entry: &[u8]) -> Box<str> {
+    String::from_utf8_lossy(&entry[..entry.len().min(64)]).into()
+}
+
 /// The limits on what one user or one client address may do across the hub.
 #[derive(Debug)]
 pub struct Limits {
-    /// HTTP writes (mark read, subscribe, unsubscribe) per user.
+    /// Writes (mark read, subscribe, unsubscribe) per user, over HTTP and sockets.
     user_writes: KeyedLimit<String>,
     /// Socket.IO connects per user.
     connects: KeyedLimit<String>,
@@ -153,7 +198,7 @@ impl Limits {
         }
     }
 
-    /// Takes one of `user`'s HTTP writes.
+    /// Takes one of `user`'s writes.
     pub fn user_write(&self, user: &str) -> Result<(), HubError> {
         self.user_writes
             .check(&user.to_owned())
@@ -167,54 +212,57 @@ impl Limits {
             .map_err(|wait| HubError::rate_limited("connects for this user", wait))
     }
 
-    /// Runs `check` (a credential check) for a client at `address`: refused at once while
-    /// the address is out of failed attempts, and a failure counted.
+    /// Runs `check` (a credential check) for `client`: refused at once while the client
+    /// is out of failed attempts, and a failure counted.
     pub fn authenticate<T>(
         &self,
-        address: Option<IpAddr>,
+        client: Option<Client>,
         check: impl FnOnce() -> Result<T, HubError>,
     ) -> Result<T, HubError> {
-        let Some(address) = address else {
+        let Some(client) = client else {
             return check();
         };
-        self.auth.admit(address).map_err(|wait| {
+        self.auth.admit(&client).map_err(|wait| {
             HubError::rate_limited("failed authentications from this address", wait)
         })?;
         let result = check();
-        if result.is_err() && self.auth.failed(address).is_some() {
-            tracing::warn!(%address, "too many failed authentications; refusing this address for a while");
+        if result.is_err() && self.auth.failed(&client).is_some() {
+            tracing::warn!(%client, "too many failed authentications; refusing this address for a while");
         }
         result
     }
 
-    /// The client's address: the peer, or the nearest untrusted address its trusted
-    /// proxies saw (`X-Forwarded-For`, read from the right).
-    pub fn client_address(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-        let peer = peer?.ip();
+    /// Who the client is: its peer, or the nearest entry of `X-Forwarded-For` (read from
+    /// the right) that is not a trusted proxy. The entries are read one by one, as bytes:
+    /// an entry that is no address (the client wrote it) stops the walk and is the
+    /// client itself, so no header can make the hub count a proxy's failures instead.
+    pub fn client_address(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<Client> {
+        let peer = normal(peer?.ip());
         if !self.trusted(peer) {
-            return Some(peer);
+            return Some(Client::address(peer));
         }
-        let forwarded = headers
+        let mut entries = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|e| !e.is_empty())
             .collect::<Vec<_>>();
-        Some(
-            forwarded
-                .into_iter()
-                .rev()
-                .find(|a| !self.trusted(*a))
-                .unwrap_or(peer),
-        )
+        let mut nearest = Client::address(peer);
+        while let Some(entry) = entries.pop() {
+            match std::str::from_utf8(entry).ok().and_then(|e| e.parse().ok()) {
+                Some(address) if self.trusted(normal(address)) => {
+                    nearest = Client::address(normal(address));
+                }
+                Some(address) => return Some(Client::address(normal(address))),
+                None => return Some(Client::Claimed(claimed(entry))),
+            }
+        }
+        // Only proxies (a proxy's own request): the farthest of them.
+        Some(nearest)
     }
 
     fn trusted(&self, address: IpAddr) -> bool {
-        let address = match address {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
-            v4 => v4,
-        };
         self.proxies.iter().any(|net| net.contains(&address))
     }
 
@@ -259,47 +307,109 @@ mod tests {
     #[test]
     fn an_address_out_of_failures_is_refused_before_it_tries_again() {
         let throttle = AuthThrottle::new(60.0, 2);
-        let (a, b): (IpAddr, IpAddr) = (
-            "192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4])),
-            IpAddr::from([192, 0, 2, 2]),
+        let (a, b) = (
+            Client::address(IpAddr::from([192, 0, 2, 1])),
+            Client::address(IpAddr::from([192, 0, 2, 2])),
         );
-        assert!(throttle.admit(a).is_ok());
-        assert_eq!(throttle.failed(a), None);
-        assert_eq!(throttle.failed(a), None);
-        let wait = throttle.failed(a).expect("now refused");
+        assert!(throttle.admit(&a).is_ok());
+        assert_eq!(throttle.failed(&a), None);
+        assert_eq!(throttle.failed(&a), None);
+        let wait = throttle.failed(&a).expect("now refused");
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
-        assert!(throttle.admit(a).is_err());
+        assert!(throttle.admit(&a).is_err());
         // Another address is not affected.
-        assert!(throttle.admit(b).is_ok());
+        assert!(throttle.admit(&b).is_ok());
+    }
+
+    fn limits_behind_proxies() -> Limits {
+        Limits::new(&Config {
+            trusted_proxies: vec!["127.0.0.1/8".into(), "10.0.0.0/8".into()],
+            ..Config::default()
+        })
+    }
+
+    fn forwarded(value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = axum::http::HeaderValue::from_bytes(value).expect("header");
+        headers.insert("x-forwarded-for", value);
+        headers
+    }
+
+    fn peer(ip: [u8; 4]) -> Option<SocketAddr> {
+        Some(SocketAddr::from((ip, 40000)))
+    }
+
+    fn v4(ip: [u8; 4]) -> Option<Client> {
+        Some(Client::Address(IpAddr::from(ip)))
     }
 
     #[test]
     fn the_client_is_the_nearest_untrusted_address() {
-        let limits = Limits::new(&Config {
-            trusted_proxies: vec!["127.0.0.1/8".into(), "10.0.0.0/8".into()],
-            ..Config::default()
-        });
-        let mut headers = HeaderMap::new();
-        let peer = |ip: [u8; 4]| Some(SocketAddr::from((ip, 40000)));
+        let limits = limits_behind_proxies();
         // A direct client is who it is, whatever it claims.
-        headers.insert("x-forwarded-for", "198.51.100.7".parse().expect("header"));
+        let claim = forwarded(b"198.51.100.7");
         assert_eq!(
-            limits.client_address(peer([203, 0, 113, 5]), &headers),
-            Some(IpAddr::from([203, 0, 113, 5]))
+            limits.client_address(peer([203, 0, 113, 5]), &claim),
+            v4([203, 0, 113, 5])
         );
         // Behind nginx (and a balancer in 10/8): the first address neither added.
-        headers.insert(
-            "x-forwarded-for",
-            "1.2.3.4, 198.51.100.7, 10.1.2.3".parse().expect("header"),
-        );
+        let chain = forwarded(b"1.2.3.4, 198.51.100.7, 10.1.2.3");
         assert_eq!(
-            limits.client_address(peer([127, 0, 0, 1]), &headers),
-            Some(IpAddr::from([198, 51, 100, 7]))
+            limits.client_address(peer([127, 0, 0, 1]), &chain),
+            v4([198, 51, 100, 7])
         );
         // A proxy that forwarded nothing: the proxy itself.
         assert_eq!(
             limits.client_address(peer([127, 0, 0, 1]), &HeaderMap::new()),
-            Some(IpAddr::from([127, 0, 0, 1]))
+            v4([127, 0, 0, 1])
+        );
+    }
+
+    #[test]
+    fn junk_in_a_forwarded_header_never_makes_the_proxy_the_client() {
+        let limits = limits_behind_proxies();
+        // What nginx sends for a client that wrote a header of junk (not even text):
+        // the client's own address, appended, is still read.
+        let junk = forwarded(b"\x80\xff, 198.51.100.7");
+        assert_eq!(
+            limits.client_address(peer([127, 0, 0, 1]), &junk),
+            v4([198, 51, 100, 7])
+        );
+        // Junk nearer than any address (a proxy that passes on what clients claim) is
+        // counted as itself, never as the proxy.
+        let passed_on = forwarded(b"198.51.100.7, junk, 10.1.2.3");
+        assert_eq!(
+            limits.client_address(peer([127, 0, 0, 1]), &passed_on),
+            Some(Client::Claimed("junk".into()))
+        );
+        // Only proxies: the farthest one.
+        let proxies = forwarded(b"10.9.9.9, 10.1.2.3");
+        assert_eq!(
+            limits.client_address(peer([127, 0, 0, 1]), &proxies),
+            v4([10, 9, 9, 9])
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let limits = limits_behind_proxies();
+        let at = |ip: &str| Some(SocketAddr::new(ip.parse().expect("ip"), 40000));
+        assert_eq!(
+            limits.client_address(at("2001:db8:1:2:aaaa::1"), &HeaderMap::new()),
+            limits.client_address(at("2001:db8:1:2:bbbb::9"), &HeaderMap::new()),
+        );
+        assert_ne!(
+            limits.client_address(at("2001:db8:1:2::1"), &HeaderMap::new()),
+            limits.client_address(at("2001:db8:1:3::1"), &HeaderMap::new()),
+        );
+        assert_eq!(
+            limits.client_address(at("::ffff:203.0.113.5"), &HeaderMap::new()),
+            v4([203, 0, 113, 5])
+        );
+        // A mapped proxy address is a trusted proxy.
+        assert_eq!(
+            limits.client_address(at("::ffff:127.0.0.1"), &forwarded(b"198.51.100.7")),
+            v4([198, 51, 100, 7])
         );
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::auth::UserClaims;
 use crate::error::HubError;
+use crate::rate_limit::Client;
 use crate::state::SharedState;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
@@ -11,7 +12,7 @@ use axum::http::{StatusCode, header, request::Parts};
 use belfry_protocol::ErrorCode;
 use serde::de::DeserializeOwned;
 use socketioxide::adapter::Adapter;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// The `Authorization: Bearer <credential>` value, if any.
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -27,7 +28,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 pub struct User(pub UserClaims);
 
 /// The address of the client that made a request (see `rate_limit.rs`).
-pub fn client_address<A: Adapter>(parts: &Parts, state: &SharedState<A>) -> Option<IpAddr> {
+pub fn client_address<A: Adapter>(parts: &Parts, state: &SharedState<A>) -> Option<Client> {
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -88,7 +89,7 @@ impl Publisher {
     /// Checks a publish key taken from any header of a request from `address`.
     pub fn check<A: Adapter>(
         state: &SharedState<A>,
-        address: Option<IpAddr>,
+        address: Option<Client>,
         key: Option<&str>,
     ) -> Result<Self, HubError> {
         state

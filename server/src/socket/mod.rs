@@ -38,7 +38,7 @@ impl std::fmt::Display for ConnectRefused {
 pub(crate) fn client_address<A: socketioxide::adapter::Adapter>(
     state: &crate::state::AppState<A>,
     socket: &socketioxide::extract::SocketRef<A>,
-) -> Option<std::net::IpAddr> {
+) -> Option<crate::rate_limit::Client> {
     let parts = socket.req_parts();
     let peer = parts
         .extensions
