@@ -7,7 +7,12 @@
 //! catch-up is paced by the client's reading speed instead of dropping what it sends:
 //! the next page is read only once at most [`IN_FLIGHT`] of what it sent waits in the
 //! hub for the connection (a client that stops reading holds that much of the hub's
-//! memory, and a page, not the whole backlog).
+//! memory, and a page, not the whole backlog). A socket the hub cannot follow to its
+//! connection (one that began with long-polling) is paced by its send buffer of
+//! [`SOCKET_BUFFER`] packets instead, and sent batches of [`UNPACED_BATCH_BYTES`] so that
+//! a full buffer holds about as much (more only when single notifications are larger).
+//!
+//! A catch-up stops when the socket's token expires, before its next batch.
 
 use crate::serve::ConnectionHandle;
 use crate::session::{self, Session};
@@ -38,6 +43,10 @@ const WHILE_FULL: ExponentialBuilder = ExponentialBuilder::new()
 pub const IN_FLIGHT: u64 = 1024 * 1024;
 /// The most bytes of one `sync` batch (a batch holds one notification at least).
 pub const BATCH_BYTES: u64 = 256 * 1024;
+/// How many packets a socket's send buffer holds (Engine.IO's buffer, set in `lib.rs`).
+pub const SOCKET_BUFFER: usize = 128;
+/// The most bytes of one `sync` batch to a socket paced by its buffer alone.
+pub const UNPACED_BATCH_BYTES: u64 = IN_FLIGHT / SOCKET_BUFFER as u64;
 /// About how many bytes of notifications one page reads from the store: after a page of
 /// large ones, the next reads fewer.
 pub const PAGE_BYTES: u64 = 1024 * 1024;
@@ -56,19 +65,20 @@ struct Pace {
 
 impl Pace {
     fn of<A: Adapter>(socket: &SocketRef<A>) -> Pace {
-        let parts = socket.req_parts();
-        let websocket = parts
-            .headers
-            .get(axum::http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        let connection = websocket
-            .then(|| parts.extensions.get::<ConnectionHandle>().cloned())
-            .flatten();
+        let connection = ConnectionHandle::carrying(socket.req_parts());
         Pace {
             start: connection.as_ref().map_or(0, ConnectionHandle::written),
             connection,
             sent: 0,
+        }
+    }
+
+    /// The most bytes of one batch.
+    fn batch_bytes(&self) -> u64 {
+        if self.connection.is_some() {
+            BATCH_BYTES
+        } else {
+            UNPACED_BATCH_BYTES
         }
     }
 
@@ -108,7 +118,7 @@ impl Pace {
 fn synced<A: Adapter>(state: &SharedState<A>, head: u64) -> Synced {
     Synced {
         head,
-        epoch: Some(state.store.epoch().to_owned()),
+        epoch: Some(state.store.epoch().to_string()),
     }
 }
 
@@ -184,11 +194,13 @@ async fn emit_paced<A: Adapter, T: Serialize + ?Sized>(
     }
 }
 
-/// Sends notifications as `sync` batches of at most [`BATCH_BYTES`] each (one at least),
-/// pacing itself after each; the last batch says `more`. Returns the bytes sent.
+/// Sends notifications as `sync` batches of at most [`Pace::batch_bytes`] each (one at
+/// least), pacing itself after each; the last batch says `more`. Returns the bytes sent.
+/// Nothing more is sent once the session's token has expired.
 async fn emit_batch<A: Adapter>(
     state: &SharedState<A>,
     socket: &SocketRef<A>,
+    session: &Session,
     pace: &mut Pace,
     notifications: Vec<Notification>,
     more: bool,
@@ -204,14 +216,18 @@ async fn emit_batch<A: Adapter>(
         })?;
     drop(notifications);
     let total: u64 = raws.iter().map(|r| r.get().len() as u64).sum();
+    let limit = pace.batch_bytes();
     let mut rest: &[Box<RawValue>] = &raws;
     loop {
+        if session.authorized().is_err() {
+            return Err(CatchUpError::SocketGone);
+        }
         let mut size = 0;
         let take = rest
             .iter()
             .take_while(|r| {
                 size += r.get().len() as u64;
-                size <= BATCH_BYTES
+                size <= limit
             })
             .count()
             .max(1)
@@ -285,8 +301,9 @@ pub async fn requested_catch_up<A: Adapter>(
 }
 
 /// [`catch_up`] for a caller that already holds the session's catch-up lock. A store
-/// failure disconnects the socket: left as it is, it could wait forever for a `synced`
-/// (or, lagging, for live notifications), while reconnecting resumes from its cursor.
+/// failure disconnects the socket, whatever its buffer holds: left as it is, it could
+/// wait forever for a `synced` (or, lagging, for live notifications), while reconnecting
+/// resumes from its cursor.
 pub async fn catch_up_locked<A: Adapter>(
     state: &SharedState<A>,
     socket: &SocketRef<A>,
@@ -301,11 +318,7 @@ pub async fn catch_up_locked<A: Adapter>(
         }
         Err(CatchUpError::Store(e)) => {
             tracing::warn!(sid = %socket.id, error = %e, "catch-up failed; disconnecting so the client resumes");
-            if socket.clone().disconnect().is_err() && socket.connected() {
-                // The buffer is full, so not even the disconnect fits. Try the recovery
-                // again shortly (a lagging socket gets nothing live until then).
-                recover(state, socket, Duration::from_secs(1));
-            }
+            session::disconnect(socket);
         }
     }
 }
@@ -329,7 +342,7 @@ async fn run_catch_up<A: Adapter>(
         && cursor >= head
     {
         state.metrics.catch_ups_up_to_date_total.increment(1);
-        emit_batch(state, socket, &mut pace, Vec::new(), false).await?;
+        emit_batch(state, socket, session, &mut pace, Vec::new(), false).await?;
         return emit_paced(socket, events::SYNCED, &synced(state, head)).await;
     }
     let viewer = state.store.viewer(&session.user, &session.allowed).await?;
@@ -344,7 +357,7 @@ async fn run_catch_up<A: Adapter>(
                 .store
                 .unread(&viewer, crate::store::UNREAD_ON_FIRST_CONNECT)
                 .await?;
-            emit_batch(state, socket, &mut pace, unread, false).await?;
+            emit_batch(state, socket, session, &mut pace, unread, false).await?;
             return emit_paced(socket, events::SYNCED, &synced(state, head)).await;
         }
         CatchUpFrom::Lag => {
@@ -355,7 +368,7 @@ async fn run_catch_up<A: Adapter>(
             // advancing its cursor on live notifications until `synced`. Only then may
             // live delivery resume. (Only a recovery clears the lag, and recoveries run
             // one at a time, so it is still set.)
-            emit_batch(state, socket, &mut pace, Vec::new(), true).await?;
+            emit_batch(state, socket, session, &mut pace, Vec::new(), true).await?;
             session.lag().take().unwrap_or(1).saturating_sub(1)
         }
     };
@@ -368,7 +381,7 @@ async fn run_catch_up<A: Adapter>(
         let page = state.store.page(&viewer, cursor, limit).await?;
         let more = page.more;
         let count = page.notifications.len();
-        let bytes = emit_batch(state, socket, &mut pace, page.notifications, more).await?;
+        let bytes = emit_batch(state, socket, session, &mut pace, page.notifications, more).await?;
         limit = next_page_size(batch, bytes, count);
         match page.last_id {
             Some(last) if more => cursor = last,

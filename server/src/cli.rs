@@ -44,7 +44,9 @@ enum Command {
     /// Publish a notification over HTTP (for shell scripts and cron jobs).
     Publish(PublishArgs),
     /// Print the store's epoch, or give it a new one (--renew) after restoring a backup
-    /// on a machine that never ran this hub. Only while no hub runs on the store.
+    /// the hub cannot notice (see DEPLOY.md). Opens the store as the hub does: it applies
+    /// pending migrations and notices a restore it can see by itself. Hubs running on the
+    /// store follow a renewal within seconds.
     Epoch(EpochArgs),
 }
 
@@ -368,10 +370,11 @@ async fn epoch(cli: &Cli, args: &EpochArgs) -> anyhow::Result<()> {
     let url = args.database_url.clone().or(config.database_url);
     let (store, _feed) = crate::store::Store::open(&config.data_dir, url.as_deref()).await?;
     let result = if args.renew {
+        let old = store.epoch();
         store
             .renew_epoch()
             .await
-            .map(|new| say(format_args!("{} -> {new}", store.epoch())))
+            .map(|new| say(format_args!("{old} -> {new}")))
     } else {
         say(store.epoch());
         Ok(())

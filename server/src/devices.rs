@@ -1,34 +1,86 @@
 //! A user's devices on every node: events to all of them (but the one a change came
-//! from), and how many are connected.
+//! from), and how many are connected. On this node, each connected device holds one of
+//! its user's [`DeviceSlot`]s, taken before its socket is accepted: so however many
+//! connect at once, no more than `--max-devices` get in.
 
 use belfry_protocol::{Target, events};
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::Sid;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// The room of a user's devices: named like the target (see `membership.rs`).
 fn user_room(user: &str) -> String {
     Target::User(user.to_owned()).to_string()
 }
 
+/// How many slots each user holds on this node. A std mutex: a lookup and an update,
+/// never held across an await.
+type Held = Arc<Mutex<HashMap<String, usize>>>;
+
 /// Reaches a user's devices. Cheap to clone.
 pub struct Devices<A: Adapter> {
     io: SocketIo<A>,
+    held: Held,
 }
 
 impl<A: Adapter> Clone for Devices<A> {
     fn clone(&self) -> Self {
         Self {
             io: self.io.clone(),
+            held: self.held.clone(),
         }
     }
+}
+
+/// One connected (or connecting) device's place among its user's at most `max` on this
+/// node; given back when dropped.
+#[derive(Debug)]
+pub struct DeviceSlot {
+    held: Held,
+    user: String,
+}
+
+impl Drop for DeviceSlot {
+    fn drop(&mut self) {
+        let mut held = lock(&self.held);
+        if let Some(n) = held.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.user);
+            }
+        }
+    }
+}
+
+fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+    held.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<A: Adapter> Devices<A> {
     /// The devices of the subscribers' namespace of `io`.
     pub fn new(io: SocketIo<A>) -> Self {
-        Self { io }
+        Self {
+            io,
+            held: Held::default(),
+        }
+    }
+
+    /// A slot for one more device of `user` on this node, or, when `max` are taken, how
+    /// many are.
+    pub fn take_slot(&self, user: &str, max: usize) -> Result<DeviceSlot, usize> {
+        let mut held = lock(&self.held);
+        let n = held.entry(user.to_owned()).or_default();
+        if *n >= max {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(DeviceSlot {
+            held: self.held.clone(),
+            user: user.to_owned(),
+        })
     }
 
     /// The user's connected devices, except the socket the change came from (a broadcast

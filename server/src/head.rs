@@ -22,4 +22,9 @@ impl Head {
     pub fn raise(&self, id: u64) {
         self.0.fetch_max(id, Relaxed);
     }
+
+    /// Sets it to `id`, lower or not: when the store starts a new epoch below it.
+    pub fn reset_to(&self, id: u64) {
+        self.0.store(id, Relaxed);
+    }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod delivery;
 pub mod devices;
 pub mod drain;
+pub mod epoch_watch;
 pub mod error;
 pub mod head;
 pub mod health;
@@ -101,6 +102,8 @@ impl<A: HubAdapter> Hub<A> {
             // Subscribers send small events (acks, reads); a larger message is read in
             // more than one pass. Every idle socket holds this buffer (default 4 KiB).
             .ws_read_buffer_size(WS_READ_BUFFER)
+            // Engine.IO's default, named: a catch-up's bound in memory depends on it.
+            .max_buffer_size(catch_up::SOCKET_BUFFER)
             .build_layer();
         let state = Arc::new(AppState::new(store, io, config));
         A::ready(socket::subscriber::register(&state)).await?;
@@ -127,6 +130,7 @@ impl<A: HubAdapter> Hub<A> {
                 }
             }
         }));
+        tasks.push(tokio::spawn(epoch_watch::run(state.clone())));
         tasks.extend(cluster::start(&state, link.as_ref()));
         let receipts_stop = Arc::new(tokio::sync::Notify::new());
         let receipts = tokio::spawn(receipts::run(
@@ -147,9 +151,14 @@ impl<A: HubAdapter> Hub<A> {
         app(self.state.clone(), self.layer.clone())
     }
 
-    /// Closes every socket, finishes queued writes and closes the store.
+    /// Closes every socket (waiting up to a few seconds for them), finishes queued writes
+    /// and closes the store.
     pub async fn shutdown(self) {
-        self.state.io.close().await;
+        // A socket whose client reads nothing may take until TCP_USER_TIMEOUT to close.
+        let sockets = tokio::time::timeout(SOCKETS_CLOSE_WITHIN, self.state.io.close());
+        if sockets.await.is_err() {
+            tracing::warn!("some sockets are still closing; stopping without them");
+        }
         for task in &self.tasks {
             task.abort();
         }
@@ -183,11 +192,14 @@ pub fn app<A: HubAdapter>(
     router.with_state(state)
 }
 
+/// How long shutdown waits for the sockets to close.
+const SOCKETS_CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// The Socket.IO part of shutdown: publisher events in flight get their answers (up to a
-/// few seconds), then every socket is closed.
+/// few seconds), then every socket is closed (waiting up to [`SOCKETS_CLOSE_WITHIN`]).
 async fn stop_sockets<A: HubAdapter>(state: &SharedState<A>, io: &SocketIo<A>) {
     state.drain.wait(std::time::Duration::from_secs(5)).await;
-    io.close().await;
+    let _ = tokio::time::timeout(SOCKETS_CLOSE_WITHIN, io.close()).await;
 }
 
 /// Makes the kernel abort a connection whose peer takes nothing for as long as the

@@ -52,6 +52,21 @@ pub struct Timeouts {
 pub struct ConnectionHandle(Arc<Link>);
 
 impl ConnectionHandle {
+    /// The connection that carries a socket opened by the request `parts`: only when the
+    /// request was itself the WebSocket upgrade. (A socket that began with long-polling
+    /// keeps the parts of its first poll, whose connection carries other requests, or
+    /// none, and not the socket.)
+    pub fn carrying(parts: &axum::http::request::Parts) -> Option<ConnectionHandle> {
+        let upgrade = parts
+            .headers
+            .get(axum::http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok());
+        if !upgrade.is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+            return None;
+        }
+        parts.extensions.get::<ConnectionHandle>().cloned()
+    }
+
     /// Bytes written to the peer so far (what the kernel took).
     pub fn written(&self) -> u64 {
         self.0.written.load(Relaxed)
@@ -155,9 +170,13 @@ pub fn reload_on_sighup(
     }))
 }
 
+/// How long shutdown waits for `closing` (the Socket.IO sockets). With the 10 s for
+/// requests in flight and the store's close, the hub stops well within systemd's 30 s.
+const CLOSING_WITHIN: Duration = Duration::from_secs(10);
+
 /// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` resolves; then
-/// runs `closing` (which closes the Socket.IO sockets), stops accepting, lets requests in
-/// flight finish (up to 10 s) and returns.
+/// stops accepting, runs `closing` (which closes the Socket.IO sockets, up to
+/// [`CLOSING_WITHIN`]), lets requests in flight finish (up to 10 s) and returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -193,8 +212,12 @@ pub async fn serve(
         });
     }
     tracing::info!("shutting down");
-    closing.await;
+    // Refused from now on (a client reconnecting tries another node, or waits), not left
+    // in the backlog while the sockets close.
     drop(listener);
+    if tokio::time::timeout(CLOSING_WITHIN, closing).await.is_err() {
+        tracing::warn!("sockets still closing after {CLOSING_WITHIN:?}; stopping without them");
+    }
     drop(stop_rx);
     stop_tx.send_replace(());
     // Every connection holds a receiver until it ends.

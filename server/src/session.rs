@@ -4,7 +4,9 @@
 
 use crate::auth::UserClaims;
 use crate::config::Config;
+use crate::devices::DeviceSlot;
 use crate::rate_limit::{Limit, quota};
+use crate::serve::ConnectionHandle;
 use belfry_protocol::{ErrorBody, ErrorCode, TopicPatterns};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
@@ -23,6 +25,8 @@ pub struct Session {
     pub claims: UserClaims,
     /// The cursor the client sent in its handshake.
     pub cursor: Option<u64>,
+    /// The store's epoch when the socket was let in (see `epoch_watch.rs`).
+    pub epoch: Arc<str>,
     /// The per-socket event rate limit.
     pub events: Limit,
     /// The first id a live emit could not hand over, while the socket is lagging. A std
@@ -38,25 +42,29 @@ pub struct Session {
     acked: AtomicU64,
     /// Whether this socket is counted in the connections gauge.
     counted: AtomicBool,
-    /// Signalled when the socket disconnects (ends the token-expiry watch).
-    ended: tokio::sync::Notify,
+    /// Set when the socket disconnects (ends the tasks that watch it).
+    ended: tokio::sync::watch::Sender<bool>,
+    /// The device's place among its user's, given back when the socket ends.
+    slot: Mutex<Option<DeviceSlot>>,
 }
 
 impl Session {
     /// A session for a verified token.
-    pub fn new(claims: UserClaims, cursor: Option<u64>, config: &Config) -> Self {
+    pub fn new(claims: UserClaims, cursor: Option<u64>, epoch: Arc<str>, config: &Config) -> Self {
         Self {
             user: claims.sub.clone(),
             allowed: claims.allowed_topics(),
             events: Limit::new(quota(config.socket_event_rate, config.socket_event_burst)),
             claims,
             cursor,
+            epoch,
             lag: Mutex::new(None),
             catching_up: tokio::sync::Mutex::new(()),
             pending_sync: Mutex::new(None),
             acked: AtomicU64::new(0),
             counted: AtomicBool::new(false),
-            ended: tokio::sync::Notify::new(),
+            ended: tokio::sync::watch::Sender::new(false),
+            slot: Mutex::new(None),
         }
     }
 
@@ -72,15 +80,21 @@ impl Session {
         }
     }
 
-    /// Records that the socket disconnected.
-    pub fn end(&self) {
-        // notify_one keeps a permit if nobody waits yet, so the signal is never lost.
-        self.ended.notify_one();
+    /// Keeps the device's slot until the socket ends.
+    pub fn hold(&self, slot: DeviceSlot) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
     }
 
-    /// Resolves once the socket has disconnected.
+    /// Records that the socket disconnected, and gives its device slot back.
+    pub fn end(&self) {
+        self.ended.send_replace(true);
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Resolves once the socket has disconnected (at once if it has already).
     pub async fn ended(&self) {
-        self.ended.notified().await;
+        // The sender lives in `self`: the wait cannot fail while it is borrowed.
+        let _ = self.ended.subscribe().wait_for(|ended| *ended).await;
     }
 
     /// The lock held for the whole of a catch-up.
@@ -146,6 +160,36 @@ pub fn of<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<Session>> {
     socket.extensions.get::<Arc<Session>>()
 }
 
+/// Disconnects a subscriber socket whatever its send buffer holds. It leaves its rooms
+/// first, so nothing live takes the room a disconnect packet needs; while the packet does
+/// not fit, the connection that carries the socket (when the hub knows it) is closed at
+/// once, and the disconnect tried again every 100 ms until the socket is gone. (A socket
+/// whose client reads nothing at all is closed by Engine.IO's heartbeat, whose ping
+/// cannot be queued either.)
+pub fn disconnect<A: Adapter>(socket: &SocketRef<A>) {
+    let socket = socket.clone();
+    socket.leave_all();
+    tokio::spawn(async move {
+        let session = of(&socket);
+        loop {
+            if socket.clone().disconnect().is_ok() || !socket.connected() {
+                return;
+            }
+            if let Some(connection) = ConnectionHandle::carrying(socket.req_parts()) {
+                connection.close();
+            }
+            let pause = tokio::time::sleep(std::time::Duration::from_millis(100));
+            match &session {
+                Some(session) => tokio::select! {
+                    () = pause => {}
+                    () = session.ended() => return,
+                },
+                None => pause.await,
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,18 +209,18 @@ mod tests {
         let config = Config::default();
         // Within the 30 s of clock skew allowed past `exp`: still served.
         assert!(
-            Session::new(claims(now - 20), None, &config)
+            Session::new(claims(now - 20), None, "e".into(), &config)
                 .authorized()
                 .is_ok()
         );
-        let expired = Session::new(claims(now - 31), None, &config);
+        let expired = Session::new(claims(now - 31), None, "e".into(), &config);
         let refused = expired.authorized().expect_err("refused");
         assert_eq!(refused.code, ErrorCode::TokenExpired);
     }
 
     #[test]
     fn a_held_back_socket_keeps_the_lowest_id() {
-        let s = Session::new(claims(i64::MAX / 2), None, &Config::default());
+        let s = Session::new(claims(i64::MAX / 2), None, "e".into(), &Config::default());
         s.hold_live_from(9);
         s.hold_live_from(4);
         s.hold_live_from(7);

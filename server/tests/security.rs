@@ -630,6 +630,16 @@ async fn one_user_cannot_flood_writes_connects_or_devices() {
     // Devices: two connect, the third is refused.
     let first = synced_subscriber(&hub.url, &flo, Some(0)).await;
     let second = synced_subscriber(&hub.url, &flo, Some(0)).await;
+    // The writes are the user's, whatever carries them: over Socket.IO too, on any of
+    // their devices.
+    for event in ["read", "subscribe", "unsubscribe"] {
+        let payload = match event {
+            "read" => json!({"up_to": 10}),
+            _ => json!({"topic": "ops"}),
+        };
+        let reply = second.request(event, payload).await;
+        assert_eq!(code(&reply), "rate_limited", "{event}: {reply}");
+    }
     let mut third = Subscriber::connect(&hub.url, &flo, Some(0)).await;
     let refused = third.connect_error().await;
     assert!(refused.contains("too_many_devices"), "{refused}");
@@ -642,6 +652,67 @@ async fn one_user_cannot_flood_writes_connects_or_devices() {
     // Another user connects as usual.
     let gus_device = synced_subscriber(&hub.url, &gus, Some(0)).await;
     gus_device.close().await;
+    hub.stop().await;
+}
+
+/// Devices connecting all at once cannot overrun the device limit: each takes its slot
+/// before it is accepted, and gives it back when it goes.
+#[tokio::test]
+async fn devices_connecting_at_once_get_no_more_than_the_limit() {
+    let hub = TestHub::start_with(|c| {
+        c.connect_burst = 100;
+        c.max_devices = 3;
+    })
+    .await;
+    let hal = token("hal");
+    let accepted_of = |tries: usize| {
+        let (url, hal) = (hub.url.clone(), hal.clone());
+        async move {
+            let attempts = (0..tries).map(|_| {
+                let (url, hal) = (url.clone(), hal.clone());
+                tokio::spawn(async move {
+                    let mut device = Subscriber::connect(&url, &hal, Some(0)).await;
+                    loop {
+                        match device.next().await {
+                            Event::Synced(_) => return Some(device),
+                            Event::Error(e) => {
+                                assert!(e.contains("too_many_devices"), "{e}");
+                                device.close().await;
+                                return None;
+                            }
+                            _ => {}
+                        }
+                    }
+                })
+            });
+            let mut accepted = Vec::new();
+            for attempt in futures_util::future::join_all(attempts).await {
+                accepted.extend(attempt.expect("attempt"));
+            }
+            accepted
+        }
+    };
+    let first = accepted_of(12).await;
+    assert_eq!(first.len(), 3, "12 at once against a limit of 3");
+    for device in first {
+        device.close().await;
+    }
+    // The slots come back with the disconnects.
+    let mut again = Vec::new();
+    for _ in 0..50 {
+        again = accepted_of(3).await;
+        if again.len() == 3 {
+            break;
+        }
+        for device in again.drain(..) {
+            device.close().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(again.len(), 3, "the slots were given back");
+    for device in again {
+        device.close().await;
+    }
     hub.stop().await;
 }
 

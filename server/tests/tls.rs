@@ -50,25 +50,7 @@ async fn publishes_over_https_and_delivers_over_wss() {
             .unwrap_or(true)
     );
 
-    let tls = native_tls::TlsConnector::builder()
-        .add_root_certificate(native_tls::Certificate::from_pem(pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let client = client_builder(&url, "/", json!({"token": token("tls"), "cursor": 0}))
-        .tls_config(tls)
-        .on("notification", move |p: Payload, _c: Client| {
-            let tx = tx.clone();
-            async move {
-                if let Payload::Text(v) = p {
-                    let _ = tx.send(v[0]["title"].as_str().unwrap_or_default().to_owned());
-                }
-            }
-            .boxed()
-        })
-        .connect()
-        .await
-        .unwrap();
+    let (client, mut rx) = wss_subscriber(&url, &pem, &token("tls")).await;
     // Publish until the freshly connected socket receives one (it joins its rooms right
     // after the handshake).
     let title = loop {
@@ -95,6 +77,35 @@ async fn publishes_over_https_and_delivers_over_wss() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// A subscriber over WSS that trusts only `pem`, connected with cursor 0, and the titles
+/// of the notifications it receives.
+async fn wss_subscriber(
+    url: &str,
+    pem: &str,
+    token: &str,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let tls = native_tls::TlsConnector::builder()
+        .add_root_certificate(native_tls::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = client_builder(url, "/", json!({"token": token, "cursor": 0}))
+        .tls_config(tls)
+        .on("notification", move |p: Payload, _c: Client| {
+            let tx = tx.clone();
+            async move {
+                if let Payload::Text(v) = p {
+                    let _ = tx.send(v[0]["title"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            .boxed()
+        })
+        .connect()
+        .await
+        .unwrap();
+    (client, rx)
 }
 
 /// An HTTPS client that trusts only `pem`, with no pooled connections (each request
@@ -156,26 +167,8 @@ async fn a_renewed_certificate_is_served_after_sighup_without_dropping_sockets()
     }
 
     // A socket connected with the old certificate.
-    let tls = native_tls::TlsConnector::builder()
-        .add_root_certificate(native_tls::Certificate::from_pem(old_pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let user_token = belfry_testkit::token("renewal");
-    let client = client_builder(&url, "/", json!({"token": user_token, "cursor": 0}))
-        .tls_config(tls)
-        .on("notification", move |p: Payload, _c: Client| {
-            let tx = tx.clone();
-            async move {
-                if let Payload::Text(v) = p {
-                    let _ = tx.send(v[0]["title"].as_str().unwrap_or_default().to_owned());
-                }
-            }
-            .boxed()
-        })
-        .connect()
-        .await
-        .unwrap();
+    let (client, mut rx) = wss_subscriber(&url, &old_pem, &user_token).await;
     let publish = |http: reqwest::Client, title: &'static str| {
         let url = url.clone();
         async move {

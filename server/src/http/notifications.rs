@@ -80,7 +80,7 @@ pub async fn list<A: Adapter>(
     Ok(Json(NotificationPage {
         notifications: page.notifications,
         next: if page.more { page.last_id } else { None },
-        epoch: Some(state.store.epoch().to_owned()),
+        epoch: Some(state.store.epoch().to_string()),
     }))
 }
 

@@ -8,7 +8,6 @@ use crate::catch_up::{self, CatchUpFrom};
 use crate::cluster::HubAdapter;
 use crate::error::HubError;
 use crate::reads;
-use crate::serve::ConnectionHandle;
 use crate::session::{self, Session};
 use crate::state::SharedState;
 use belfry_protocol::events::{
@@ -37,7 +36,7 @@ pub fn register<A: HubAdapter>(state: &SharedState<A>) -> A::InitRes {
         move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
             let state = state.clone();
             async move {
-                let result = authenticate(&state, &socket, auth);
+                let result = authenticate(&state, &socket, auth).await;
                 // Refused credentials, not refusals of a valid token (a limit, an epoch).
                 if let Err(ConnectRefused(body)) = &result
                     && matches!(
@@ -61,7 +60,7 @@ pub fn register<A: HubAdapter>(state: &SharedState<A>) -> A::InitRes {
 
 /// The connect middleware: the token (throttled per client address), then the user's
 /// connect rate and device count.
-fn authenticate<A: Adapter>(
+async fn authenticate<A: Adapter>(
     state: &SharedState<A>,
     socket: &SocketRef<A>,
     auth: Result<serde_json::Value, ParserError>,
@@ -72,7 +71,8 @@ fn authenticate<A: Adapter>(
         .authenticate(address, || Ok(check_handshake(&state.tokens, auth)?))
         .map_err(|e| ConnectRefused(e.answer()))?;
     if let Some(theirs) = &auth.epoch
-        && theirs != state.store.epoch()
+        && **theirs != *state.store.epoch()
+        && !now_in_epoch(state, theirs).await
     {
         // The cursor counts ids of a store this one is not (a backup was restored, or the
         // store replaced): the client must start over, not resume.
@@ -88,20 +88,35 @@ fn authenticate<A: Adapter>(
         .limits
         .connect(&claims.sub)
         .map_err(|e| ConnectRefused(e.answer()))?;
-    let devices = state.devices.count_here(&claims.sub);
-    if devices >= state.config.max_devices as usize {
-        return Err(ConnectRefused(ErrorBody::new(
-            ErrorCode::TooManyDevices,
-            format!(
-                "{} already has {devices} devices connected (at most {}); close one first",
-                claims.sub, state.config.max_devices
-            ),
-        )));
-    }
-    socket
-        .extensions
-        .insert(Arc::new(Session::new(claims, cursor, &state.config)));
+    let slot = state
+        .devices
+        .take_slot(&claims.sub, state.config.max_devices as usize)
+        .map_err(|devices| {
+            ConnectRefused(ErrorBody::new(
+                ErrorCode::TooManyDevices,
+                format!(
+                    "{} already has {devices} devices connected (at most {}); close one first",
+                    claims.sub, state.config.max_devices
+                ),
+            ))
+        })?;
+    let session = Session::new(claims, cursor, state.store.epoch(), &state.config);
+    session.hold(slot);
+    socket.extensions.insert(Arc::new(session));
     Ok(())
+}
+
+/// Whether the store is in `theirs` after all: another node may have renewed the epoch
+/// moments ago, before this one's periodic check saw it (see `epoch_watch.rs`). Asked only
+/// when a client's epoch differs, and only of a client whose token holds.
+async fn now_in_epoch<A: Adapter>(state: &SharedState<A>, theirs: &str) -> bool {
+    match state.store.check_epoch(state.head.get()).await {
+        Ok(epoch) => *epoch == *theirs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-read the store's epoch");
+            false
+        }
+    }
 }
 
 /// Decodes a subscriber's handshake `auth` and verifies its token: the claims and the
@@ -136,6 +151,7 @@ async fn connected<A: Adapter>(state: SharedState<A>, socket: SocketRef<A>) {
     // Nobody else holds the session yet. Holding its catch-up lock from here on keeps a
     // client `sync` from running before the rooms are joined.
     let Ok(catching_up) = session.catching_up().try_lock() else {
+        session.end();
         let _ = socket.disconnect();
         return;
     };
@@ -189,10 +205,10 @@ async fn connected<A: Adapter>(state: SharedState<A>, socket: SocketRef<A>) {
 }
 
 /// Closes the socket when its token expires: a socket never outlives the token it was
-/// opened with. The client's reconnect then meets the refusal (`token_expired`). A socket
-/// whose send buffer is full (its client reads nothing) has no room for a disconnect
-/// packet: its connection is closed instead, at once (and the disconnect is tried again
-/// every second, for a polling client whose connection comes and goes).
+/// opened with. The client's reconnect then meets the refusal (`token_expired`). From the
+/// expiry on, nothing is served on it (events are refused, a catch-up stops before its
+/// next batch), and it is disconnected whatever its send buffer holds
+/// ([`session::disconnect`]).
 fn close_at_expiry<A: Adapter>(socket: &SocketRef<A>, session: &Arc<Session>) {
     let (socket, session) = (socket.clone(), session.clone());
     tokio::spawn(async move {
@@ -201,18 +217,7 @@ fn close_at_expiry<A: Adapter>(socket: &SocketRef<A>, session: &Arc<Session>) {
             () = session.ended() => return,
         }
         tracing::info!(sid = %socket.id, user = %session.user, "token expired; disconnecting");
-        loop {
-            if socket.clone().disconnect().is_ok() || !socket.connected() {
-                return;
-            }
-            if let Some(connection) = socket.req_parts().extensions.get::<ConnectionHandle>() {
-                connection.close();
-            }
-            tokio::select! {
-                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                () = session.ended() => return,
-            }
-        }
+        session::disconnect(&socket);
     });
 }
 
@@ -321,6 +326,7 @@ async fn on_read<A: Adapter>(
     session: &Session,
     args: ArgsResult,
 ) -> Result<(), HubError> {
+    state.limits.user_write(&session.user)?;
     let req: ReadRequest = first_arg(args, "{\"ids\": [id, ..]} or {\"up_to\": id}")?;
     reads::mark_read(state, &session.claims, req, Some(socket.id))
         .await
@@ -333,6 +339,7 @@ async fn on_subscribe<A: Adapter>(
     session: &Session,
     args: ArgsResult,
 ) -> Result<(), HubError> {
+    state.limits.user_write(&session.user)?;
     let TopicRequest { topic } = first_arg(args, "{\"topic\": name}")?;
     state
         .membership
@@ -347,6 +354,7 @@ async fn on_unsubscribe<A: Adapter>(
     session: &Session,
     args: ArgsResult,
 ) -> Result<(), HubError> {
+    state.limits.user_write(&session.user)?;
     let TopicRequest { topic } = first_arg(args, "{\"topic\": name}")?;
     state
         .membership

@@ -13,7 +13,13 @@
 use super::StoreError;
 use super::db::{Conn, on};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use tokio::sync::watch;
+
+/// The epoch a store is in now, shared by its handles and its writer; it changes when a
+/// check finds the store in another (see [`super::Store::check_epoch`]).
+pub type Current = Arc<watch::Sender<Arc<str>>>;
 
 /// The file in the data dir that keeps the highest id handed out, with its epoch.
 pub const MARK_FILE: &str = "store-head";
@@ -21,6 +27,11 @@ pub const MARK_FILE: &str = "store-head";
 /// A new random epoch: 128 random bits, hex.
 pub fn fresh() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// The epoch the store holds now.
+pub(super) async fn stored(conn: &mut Conn<'_>) -> Result<String, StoreError> {
+    on!(conn, c => Ok(sqlx::query_scalar("SELECT epoch FROM store_epoch").fetch_one(c).await?))
 }
 
 /// The store's epoch, made if the store has none yet (several nodes starting at once
@@ -57,17 +68,17 @@ pub(super) async fn renew(conn: &mut Conn<'_>, old: &str) -> Result<String, Stor
 #[derive(Debug)]
 pub(super) struct Mark {
     path: PathBuf,
-    epoch: String,
+    epoch: Current,
     /// Whether writing it failed already (said once, not at every commit).
     failing: AtomicBool,
 }
 
 impl Mark {
-    /// The mark of `data_dir` for `epoch`.
-    pub(super) fn new(data_dir: &Path, epoch: &str) -> Mark {
+    /// The mark of `data_dir`, in the store's current epoch.
+    pub(super) fn new(data_dir: &Path, epoch: Current) -> Mark {
         Mark {
             path: data_dir.join(MARK_FILE),
-            epoch: epoch.to_owned(),
+            epoch,
             failing: AtomicBool::new(false),
         }
     }
@@ -79,10 +90,16 @@ impl Mark {
         Some((epoch.to_owned(), head.parse().ok()?))
     }
 
-    /// Records that ids up to `head` were handed out. Not synced to disk: what matters is
-    /// a restore made while the hub is stopped, after it wrote this.
+    /// Records that ids up to `head` were handed out: written aside, then renamed over
+    /// the mark, so a crash leaves the old mark or the new one, never an empty file. Not
+    /// synced to disk: what matters is a restore made while the hub is stopped, after it
+    /// wrote this. (Some forty bytes, after each batch of commits: small enough for the
+    /// writer's task.)
     pub(super) fn note(&self, head: u64) {
-        let written = std::fs::write(&self.path, format!("{} {head}\n", self.epoch));
+        let aside = self.path.with_extension("new");
+        let epoch = self.epoch.borrow().clone();
+        let written = std::fs::write(&aside, format!("{epoch} {head}\n"))
+            .and_then(|()| std::fs::rename(&aside, &self.path));
         match written {
             Ok(()) => self.failing.store(false, Relaxed),
             Err(e) if !self.failing.swap(true, Relaxed) => {
@@ -115,7 +132,11 @@ pub(super) async fn establish(
         }
         _ => epoch,
     };
-    Mark::new(data_dir, &epoch).note(head);
+    Mark::new(
+        data_dir,
+        Arc::new(watch::Sender::new(epoch.as_str().into())),
+    )
+    .note(head);
     Ok(epoch)
 }
 
@@ -129,7 +150,7 @@ mod tests {
         assert_eq!(fresh().len(), 32);
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(Mark::read(dir.path()), None);
-        Mark::new(dir.path(), "e1").note(41);
+        Mark::new(dir.path(), Arc::new(watch::Sender::new("e1".into()))).note(41);
         assert_eq!(Mark::read(dir.path()), Some(("e1".to_owned(), 41)));
         std::fs::write(dir.path().join(MARK_FILE), "garbled").expect("write");
         assert_eq!(Mark::read(dir.path()), None);

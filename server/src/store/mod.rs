@@ -119,7 +119,7 @@ pub struct Store {
     /// The writer and feed tasks, until [`Store::close`] waits for them.
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// The store's epoch (see [`epoch`]).
-    epoch: Arc<str>,
+    epoch: epoch::Current,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -143,13 +143,14 @@ impl Store {
             let head = u64::try_from(head_id(&mut conn).await?).unwrap_or(0);
             (head, epoch::establish(&mut conn, data_dir, head).await?)
         };
-        let (writer, handle) = writer::Writer::new(conn, epoch::Mark::new(data_dir, &epoch));
+        let epoch: epoch::Current = Arc::new(tokio::sync::watch::Sender::new(epoch.into()));
+        let (writer, handle) = writer::Writer::new(conn, epoch::Mark::new(data_dir, epoch.clone()));
         let store = Store {
             pool,
             feed: feed_pool,
             writer: handle,
             tasks: Arc::new(Mutex::new(Vec::new())),
-            epoch: epoch.into(),
+            epoch,
         };
         let (committed, own) = tokio::sync::mpsc::channel(64);
         let (feed, task) = feed::start(&store, own, head).await?;
@@ -163,16 +164,60 @@ impl Store {
     }
 
     /// The store's epoch: ids only compare within one.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.borrow().clone()
     }
 
-    /// Gives the store a new epoch by hand (after restoring a backup on a machine that
-    /// never ran this hub, where the hub cannot notice it); returns it. Only while no hub
-    /// runs on the store.
-    pub async fn renew_epoch(&self) -> Result<String, StoreError> {
+    /// Changes of [`Store::epoch`], as [`Store::check_epoch`] or a renewal finds them.
+    pub fn epoch_changes(&self) -> tokio::sync::watch::Receiver<Arc<str>> {
+        self.epoch.subscribe()
+    }
+
+    /// Gives the store a new epoch by hand (after restoring a backup where the hub cannot
+    /// notice it); returns it. Hubs running on the store follow within seconds.
+    pub async fn renew_epoch(&self) -> Result<Arc<str>, StoreError> {
         let mut c = self.pool.acquire().await?;
-        epoch::renew(&mut c.conn(), &self.epoch).await
+        let renewed = epoch::renew(&mut c.conn(), &self.epoch()).await?;
+        Ok(self.adopt(renewed))
+    }
+
+    /// Re-reads the store's epoch, for a hub that has handed out ids up to `handed_out`
+    /// in the current one: the epoch another node or a renewal gave the store, or a new
+    /// one when the store's head is below `handed_out` (it lost commits: a failover to a
+    /// replica that lagged, a restore under a running hub). Returns the epoch afterwards.
+    pub async fn check_epoch(&self, handed_out: u64) -> Result<Arc<str>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        let mut conn = c.conn();
+        let stored = epoch::stored(&mut conn).await?;
+        let known = self.epoch();
+        if *stored != *known {
+            tracing::warn!(from = %known, to = %stored, "the store is in another epoch now; following it");
+            return Ok(self.adopt(stored));
+        }
+        let head = u64::try_from(head_id(&mut conn).await?).unwrap_or(0);
+        if head >= handed_out {
+            return Ok(known);
+        }
+        let renewed = epoch::renew(&mut conn, &known).await?;
+        tracing::warn!(
+            head,
+            handed_out,
+            epoch = %renewed,
+            "the store's head is below what this hub handed out (a failover to a replica \
+             that lagged?): it starts a new epoch, and every client starts over"
+        );
+        Ok(self.adopt(renewed))
+    }
+
+    /// Makes `epoch` the current one (telling [`Store::epoch_changes`] if it is new).
+    fn adopt(&self, epoch: String) -> Arc<str> {
+        let epoch: Arc<str> = epoch.into();
+        self.epoch.send_if_modified(|current| {
+            let changed = *current != epoch;
+            *current = epoch.clone();
+            changed
+        });
+        epoch
     }
 
     /// Which database the store runs on.

@@ -123,6 +123,50 @@ impl TestHub {
         }
     }
 
+    /// The database URL the hub runs on (`None`: SQLite in its data dir).
+    pub fn database_url(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("database-url")).ok()
+    }
+
+    /// A second handle on the hub's store, as `belfry-server epoch` or another node opens
+    /// it.
+    pub async fn open_store(&self) -> belfry_server::store::Store {
+        let url = self.database_url();
+        let (store, _feed) = belfry_server::store::Store::open(self.dir.path(), url.as_deref())
+            .await
+            .unwrap();
+        store
+    }
+
+    /// Makes the store forget that ids above `head` were ever assigned, under the running
+    /// hub: what a failover to a replica that lagged, or a restore, does.
+    pub async fn lower_store_head_to(&self, head: i64) {
+        use sqlx::Connection as _;
+        match self.database_url() {
+            None => {
+                let db = self.dir.path().join("belfry.db");
+                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE sqlite_sequence SET seq = ? WHERE name = 'notifications'")
+                    .bind(head)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                c.close().await.unwrap();
+            }
+            Some(url) => {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query("UPDATE notification_head SET id = $1")
+                    .bind(head)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                c.close().await.unwrap();
+            }
+        }
+    }
+
     /// Graceful stop; returns the data dir so a new hub can reopen it.
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
@@ -267,7 +311,13 @@ pub fn client_builder(url: &str, namespace: &str, auth: Value) -> ClientBuilder 
 /// so its connection's buffers and then the hub's fill up. Keep the client alive for as
 /// long as it should stay connected.
 pub async fn deaf_client(url: &str, auth: Value) -> Client {
+    deaf_client_over(url, auth, TransportType::Websocket).await
+}
+
+/// [`deaf_client`] over a given transport (long-polling: it stops polling).
+pub async fn deaf_client_over(url: &str, auth: Value, transport: TransportType) -> Client {
     client_builder(url, "/", auth)
+        .transport_type(transport)
         .on_any(|_event, _payload, _c| std::future::pending::<()>().boxed())
         .connect()
         .await
@@ -345,6 +395,24 @@ impl Subscriber {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Waits until the hub closes the socket (or its reconnect is refused).
+    pub async fn until_closed(&mut self) {
+        loop {
+            if let Event::Closed | Event::Error(_) = self.next().await {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the end of a catch-up; returns the epoch it names.
+    pub async fn synced_epoch(&mut self) -> String {
+        loop {
+            if let Event::Synced(synced) = self.next().await {
+                return synced.epoch.expect("an epoch");
+            }
+        }
     }
 
     /// Waits for the first connection error (a refused handshake).
