@@ -12,9 +12,10 @@
 //! - Only one catch-up runs per socket at a time, and every catch-up ends with `synced`.
 
 use crate::catch_up;
+use crate::epoch_change;
 use crate::session::{self, Session};
 use crate::state::SharedState;
-use crate::store::Committed;
+use crate::store::{Committed, Fed};
 use belfry_protocol::events;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
@@ -22,11 +23,17 @@ use socketioxide::{SendError, SocketError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// The delivery task: emits what the store's feed hands over, in id order.
-pub async fn run<A: Adapter>(state: SharedState<A>, mut committed: mpsc::Receiver<Vec<Committed>>) {
-    while let Some(batch) = committed.recv().await {
-        for c in batch {
-            deliver(&state, &c);
+/// The delivery task: emits what the store's feed hands over, in id order, and follows
+/// the store into a new epoch where the feed says it begins.
+pub async fn run<A: Adapter>(state: SharedState<A>, mut fed: mpsc::Receiver<Fed>) {
+    while let Some(item) = fed.recv().await {
+        match item {
+            Fed::Committed(batch) => {
+                for c in batch {
+                    deliver(&state, &c);
+                }
+            }
+            Fed::NewEpoch(epoch) => epoch_change::follow(&state, &epoch),
         }
     }
     tracing::debug!("delivery stopped");

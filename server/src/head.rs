@@ -4,6 +4,8 @@
 //! Delivery raises it *before* it looks up the sockets to emit to, and looking them up
 //! takes the adapter's lock that joining a room also takes: a socket that joined its
 //! rooms and then reads the head either is among those sockets or sees the raised head.
+//! When the store's epoch changes, delivery sets it to where the new epoch began
+//! (`epoch_change.rs`), in order with what it delivers.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;

@@ -15,7 +15,7 @@ pub mod config;
 pub mod delivery;
 pub mod devices;
 pub mod drain;
-pub mod epoch_watch;
+pub mod epoch_change;
 pub mod error;
 pub mod head;
 pub mod health;
@@ -130,7 +130,6 @@ impl<A: HubAdapter> Hub<A> {
                 }
             }
         }));
-        tasks.push(tokio::spawn(epoch_watch::run(state.clone())));
         tasks.extend(cluster::start(&state, link.as_ref()));
         let receipts_stop = Arc::new(tokio::sync::Notify::new());
         let receipts = tokio::spawn(receipts::run(

@@ -25,7 +25,7 @@ pub struct Session {
     pub claims: UserClaims,
     /// The cursor the client sent in its handshake.
     pub cursor: Option<u64>,
-    /// The store's epoch when the socket was let in (see `epoch_watch.rs`).
+    /// The store's epoch when the socket was let in (see `epoch_change.rs`).
     pub epoch: Arc<str>,
     /// The per-socket event rate limit.
     pub events: Limit,

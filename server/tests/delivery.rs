@@ -505,13 +505,26 @@ async fn a_running_hub_follows_its_stores_epoch() {
     let mut settled =
         Subscriber::connect_auth(&hub.url, json!({"token": t, "cursor": 3, "epoch": second})).await;
     assert_eq!(settled.synced_epoch().await, second);
-    hub.lower_store_head_to(1).await;
+    hub.lose_commits_after(1).await;
     settled.until_closed().await;
-    let mut anew = Subscriber::connect(&hub.url, &t, None).await;
+    let mut anew = Subscriber::connect(&hub.url, &t, Some(0)).await;
     let third = anew.synced_epoch().await;
     assert!(
         third != first && third != second,
         "{first} {second} {third}"
+    );
+    // The new epoch issues the lost ids again, and they are delivered live like any.
+    let again = [
+        hub.publish_to("user:ivy", "again 1").await,
+        hub.publish_to("user:ivy", "again 2").await,
+    ];
+    assert_eq!(again, [2, 3], "the lost ids are issued again");
+    let live = anew.live(2).await;
+    assert_eq!(
+        live.iter()
+            .map(|n| (n.id, n.title.as_str()))
+            .collect::<Vec<_>>(),
+        [(2, "again 1"), (3, "again 2")]
     );
     anew.close().await;
     hub.stop().await;

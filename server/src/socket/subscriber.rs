@@ -59,7 +59,7 @@ pub fn register<A: HubAdapter>(state: &SharedState<A>) -> A::InitRes {
 }
 
 /// The connect middleware: the token (throttled per client address), then the user's
-/// connect rate and device count.
+/// connect rate (before anything that reads the store), the epoch and the device count.
 async fn authenticate<A: Adapter>(
     state: &SharedState<A>,
     socket: &SocketRef<A>,
@@ -69,6 +69,10 @@ async fn authenticate<A: Adapter>(
     let (claims, auth) = state
         .limits
         .authenticate(address, || Ok(check_handshake(&state.tokens, auth)?))
+        .map_err(|e| ConnectRefused(e.answer()))?;
+    state
+        .limits
+        .connect(&claims.sub)
         .map_err(|e| ConnectRefused(e.answer()))?;
     if let Some(theirs) = &auth.epoch
         && **theirs != *state.store.epoch()
@@ -84,10 +88,6 @@ async fn authenticate<A: Adapter>(
         )));
     }
     let cursor = auth.cursor;
-    state
-        .limits
-        .connect(&claims.sub)
-        .map_err(|e| ConnectRefused(e.answer()))?;
     let slot = state
         .devices
         .take_slot(&claims.sub, state.config.max_devices as usize)
@@ -107,10 +107,11 @@ async fn authenticate<A: Adapter>(
 }
 
 /// Whether the store is in `theirs` after all: another node may have renewed the epoch
-/// moments ago, before this one's periodic check saw it (see `epoch_watch.rs`). Asked only
-/// when a client's epoch differs, and only of a client whose token holds.
+/// moments ago, before this node's periodic check saw it (`store/feed.rs`). Asked only when
+/// a client's epoch differs, of a client whose token holds and within its connect rate;
+/// it only reads the stored epoch (and follows it), never renews it.
 async fn now_in_epoch<A: Adapter>(state: &SharedState<A>, theirs: &str) -> bool {
-    match state.store.check_epoch(state.head.get()).await {
+    match state.store.refresh_epoch().await {
         Ok(epoch) => *epoch == *theirs,
         Err(e) => {
             tracing::warn!(error = %e, "cannot re-read the store's epoch");
@@ -258,10 +259,18 @@ fn register_events<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>) {
                     async move {
                         let result = match session::of(&socket) {
                             Some(session) => {
-                                // Nothing is served on expired claims, whatever the
-                                // event (the socket is being closed).
+                                // Nothing is served on expired claims, or on the
+                                // ids of an older epoch, whatever the event (the
+                                // socket is being closed).
                                 let allowed = match session.authorized() {
                                     Err(e) => Err(HubError::from(e)),
+                                    Ok(()) if *session.epoch != *state.store.epoch() => {
+                                        Err(HubError::new(
+                                            ErrorCode::EpochChanged,
+                                            "the hub's store is in another epoch now: \
+                                             reconnect with cursor 0 and no epoch",
+                                        ))
+                                    }
                                     Ok(()) if $rate_limited => within_rate(&session),
                                     Ok(()) => Ok(()),
                                 };

@@ -17,9 +17,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use tokio::sync::watch;
 
-/// The epoch a store is in now, shared by its handles and its writer; it changes when a
-/// check finds the store in another (see [`super::Store::check_epoch`]).
-pub type Current = Arc<watch::Sender<Arc<str>>>;
+/// An epoch as this node took it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Epoch {
+    /// The epoch.
+    pub id: Arc<str>,
+    /// The store's head, read just before this node took the epoch up: every id above it
+    /// was committed in this epoch, after this node took it up (the ids at or below it are
+    /// in the catch-ups of the clients that start over).
+    pub since: u64,
+}
+
+/// The epoch a store is in now, shared by its handles, its writer and its feed; it
+/// changes when a check finds the store in another (see [`super::Store::check_epoch`]).
+pub type Current = Arc<watch::Sender<Epoch>>;
 
 /// The file in the data dir that keeps the highest id handed out, with its epoch.
 pub const MARK_FILE: &str = "store-head";
@@ -97,7 +108,7 @@ impl Mark {
     /// writer's task.)
     pub(super) fn note(&self, head: u64) {
         let aside = self.path.with_extension("new");
-        let epoch = self.epoch.borrow().clone();
+        let epoch = self.epoch.borrow().id.clone();
         let written = std::fs::write(&aside, format!("{epoch} {head}\n"))
             .and_then(|()| std::fs::rename(&aside, &self.path));
         match written {
@@ -132,12 +143,16 @@ pub(super) async fn establish(
         }
         _ => epoch,
     };
-    Mark::new(
-        data_dir,
-        Arc::new(watch::Sender::new(epoch.as_str().into())),
-    )
-    .note(head);
+    Mark::new(data_dir, current_as(&epoch, head)).note(head);
     Ok(epoch)
+}
+
+/// A [`Current`] holding `epoch`, taken up at `since`.
+pub(super) fn current_as(epoch: &str, since: u64) -> Current {
+    Arc::new(watch::Sender::new(Epoch {
+        id: epoch.into(),
+        since,
+    }))
 }
 
 #[cfg(test)]
@@ -150,7 +165,7 @@ mod tests {
         assert_eq!(fresh().len(), 32);
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(Mark::read(dir.path()), None);
-        Mark::new(dir.path(), Arc::new(watch::Sender::new("e1".into()))).note(41);
+        Mark::new(dir.path(), current_as("e1", 0)).note(41);
         assert_eq!(Mark::read(dir.path()), Some(("e1".to_owned(), 41)));
         std::fs::write(dir.path().join(MARK_FILE), "garbled").expect("write");
         assert_eq!(Mark::read(dir.path()), None);

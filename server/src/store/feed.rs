@@ -21,10 +21,19 @@
 //! The same listening connection hears [`RoomChange`]s: a subscription stored on any node
 //! is announced by its own transaction ([`announce`]), so every node hears it right after
 //! it commits, whether or not Redis is up.
+//!
+//! The feed also keeps the node in its store's epoch. Every [`CHECK_EPOCH_EVERY`] it
+//! re-reads the epoch (another node, or `belfry-server epoch --renew`, may have renewed
+//! it) and compares the store's head with the highest id it handed out (a store that lost
+//! commits, after a failover to a replica that lagged, gets a new epoch). A change of
+//! epoch, however it was found, goes down the stream in its place among the commits
+//! ([`Fed::NewEpoch`]), and the feed goes on from the head the epoch was taken up at:
+//! what commits in the new epoch is handed out, even where its ids repeat old ones.
 
 use super::Store;
 use super::commits::{Committed, Effects, RoomChange};
 use super::db::{Conn, Pool, on};
+use super::epoch::Epoch;
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::postgres::{PgListener, PgPool};
 use std::sync::Arc;
@@ -97,12 +106,25 @@ const RELISTEN: ExponentialBuilder = ExponentialBuilder::new()
     .without_max_times();
 /// The most notifications read from the store at once.
 const PAGE: u32 = 500;
+/// How often the store's epoch and head are checked.
+pub const CHECK_EPOCH_EVERY: Duration = Duration::from_secs(5);
+
+/// One item of the stream of what was committed.
+#[derive(Debug)]
+pub enum Fed {
+    /// Committed notifications, in id order after the ones before.
+    Committed(Vec<Committed>),
+    /// The store is in a new epoch from here on: what follows was committed in it, with
+    /// ids above [`Epoch::since`].
+    NewEpoch(Epoch),
+}
 
 /// What the store hands out (see the module documentation).
 #[derive(Debug)]
 pub struct Feed {
-    /// Committed notifications in id order, a batch at a time.
-    pub notifications: mpsc::Receiver<Vec<Committed>>,
+    /// Committed notifications in id order, a batch at a time, and epoch changes in
+    /// their place among them.
+    pub notifications: mpsc::Receiver<Fed>,
     /// Subscription changes in commit order, and the times they may have gone unheard.
     pub rooms: mpsc::UnboundedReceiver<RoomEvent>,
     /// The highest id committed when the feed started (what it hands out comes after).
@@ -120,7 +142,7 @@ pub(super) async fn start(
     let (rooms, rooms_rx) = mpsc::unbounded_channel();
     let task = match Listener::start(store, rooms.clone()).await? {
         // One writer assigns every id: its commits are the feed.
-        None => tokio::spawn(forward(own, notifications, rooms)),
+        None => tokio::spawn(forward(store.clone(), own, notifications, rooms, head)),
         // Several nodes may write: what any of them committed, in id order.
         Some(listener) => tokio::spawn(run(store.clone(), listener, own, notifications, head)),
     };
@@ -134,18 +156,36 @@ pub(super) async fn start(
 
 /// The feed of a store only this node writes to (SQLite).
 async fn forward(
+    store: Store,
     mut own: mpsc::Receiver<Effects>,
-    notifications: mpsc::Sender<Vec<Committed>>,
+    notifications: mpsc::Sender<Fed>,
     rooms: mpsc::UnboundedSender<RoomEvent>,
+    mut delivered: u64,
 ) {
-    while let Some(effects) = own.recv().await {
-        for change in effects.rooms {
-            let _ = rooms.send(RoomEvent::Change(change));
-        }
-        if !effects.notifications.is_empty()
-            && notifications.send(effects.notifications).await.is_err()
-        {
-            break;
+    let mut epoch = Epochs::new(&store);
+    let mut checks = Epochs::schedule();
+    loop {
+        tokio::select! {
+            biased;
+            changed = epoch.changed() => {
+                let Some(new) = changed else { break };
+                delivered = new.since;
+                if notifications.send(Fed::NewEpoch(new)).await.is_err() {
+                    break;
+                }
+            }
+            effects = own.recv() => {
+                let Some(effects) = effects else { break };
+                for change in effects.rooms {
+                    let _ = rooms.send(RoomEvent::Change(change));
+                }
+                let Some(last) = effects.notifications.last() else { continue };
+                delivered = last.notification.id;
+                if notifications.send(Fed::Committed(effects.notifications)).await.is_err() {
+                    break;
+                }
+            }
+            _ = checks.tick() => epoch.check(delivered).await,
         }
     }
     tracing::debug!("store feed stopped");
@@ -174,18 +214,35 @@ async fn run(
     store: Store,
     listener: Listener,
     mut own: mpsc::Receiver<Effects>,
-    out: mpsc::Sender<Vec<Committed>>,
+    out: mpsc::Sender<Fed>,
     mut delivered: u64,
 ) {
     let notices = listener.notices.clone();
     let mut failing = false;
+    let mut epoch = Epochs::new(&store);
+    let mut checks = Epochs::schedule();
     loop {
         let mine = tokio::select! {
+            biased;
+            changed = epoch.changed() => {
+                let Some(new) = changed else { break };
+                // Ids start again above the head the epoch was taken up at; the drain
+                // below hands out what the new epoch committed meanwhile.
+                delivered = new.since;
+                if out.send(Fed::NewEpoch(new)).await.is_err() {
+                    break;
+                }
+                None
+            }
             effects = own.recv() => match effects {
                 Some(effects) => Some(effects.notifications),
                 None => break,
             },
             () = notices.notified() => None,
+            _ = checks.tick() => {
+                epoch.check(delivered).await;
+                continue;
+            }
             () = tokio::time::sleep(POLL) => None,
         };
         if let Some(batch) = mine {
@@ -194,7 +251,7 @@ async fn run(
             }
             if follows(&batch, delivered) {
                 delivered = batch.last().map_or(delivered, |c| c.notification.id);
-                if out.send(batch).await.is_err() {
+                if out.send(Fed::Committed(batch)).await.is_err() {
                     break;
                 }
                 continue;
@@ -227,10 +284,65 @@ fn follows(batch: &[Committed], delivered: u64) -> bool {
             .all(|w| w[1].notification.id == w[0].notification.id + 1)
 }
 
+/// The feed's view of the store's epoch: the changes to hand on, and the periodic check.
+struct Epochs {
+    store: Store,
+    changes: tokio::sync::watch::Receiver<Epoch>,
+    /// The epoch the feed is in (the last one it handed on).
+    now: Arc<str>,
+    failing: bool,
+}
+
+impl Epochs {
+    fn new(store: &Store) -> Epochs {
+        let mut changes = store.epoch_changes();
+        let now = changes.borrow_and_update().id.clone();
+        Epochs {
+            store: store.clone(),
+            changes,
+            now,
+            failing: false,
+        }
+    }
+
+    /// When the next checks are due: every [`CHECK_EPOCH_EVERY`], the first one after it.
+    fn schedule() -> tokio::time::Interval {
+        let mut tick = tokio::time::interval(CHECK_EPOCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        tick
+    }
+
+    /// The next new epoch; `None` once the store is gone.
+    async fn changed(&mut self) -> Option<Epoch> {
+        loop {
+            self.changes.changed().await.ok()?;
+            let new = self.changes.borrow_and_update().clone();
+            if new.id != self.now {
+                self.now = new.id.clone();
+                return Some(new);
+            }
+        }
+    }
+
+    /// Checks the store's epoch for a feed that handed out ids up to `delivered` in its
+    /// epoch (a change it finds comes through [`Epochs::changed`]).
+    async fn check(&mut self, delivered: u64) {
+        match self.store.check_epoch(&self.now, Some(delivered)).await {
+            Ok(_) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(error = %e, "cannot check the store's epoch; trying again");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Hands on everything committed after `delivered`.
 async fn drain(
     store: &Store,
-    out: &mpsc::Sender<Vec<Committed>>,
+    out: &mpsc::Sender<Fed>,
     delivered: &mut u64,
 ) -> Result<(), super::StoreError> {
     loop {
@@ -249,7 +361,7 @@ async fn drain(
                 received,
             })
             .collect();
-        if out.send(batch).await.is_err() || !full {
+        if out.send(Fed::Committed(batch)).await.is_err() || !full {
             return Ok(());
         }
     }

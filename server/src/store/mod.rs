@@ -16,7 +16,7 @@ pub mod writer;
 
 pub use commits::{Committed, Effects, RoomChange};
 pub use db::{Dialect, is_postgres};
-pub use feed::{Feed, RoomEvent};
+pub use feed::{Fed, Feed, RoomEvent};
 pub use writer::WriterHandle;
 pub use writer::acks::{AckPoint, Acks};
 pub use writer::prune::{Prune, PruneReport};
@@ -143,7 +143,7 @@ impl Store {
             let head = u64::try_from(head_id(&mut conn).await?).unwrap_or(0);
             (head, epoch::establish(&mut conn, data_dir, head).await?)
         };
-        let epoch: epoch::Current = Arc::new(tokio::sync::watch::Sender::new(epoch.into()));
+        let epoch = epoch::current_as(&epoch, head);
         let (writer, handle) = writer::Writer::new(conn, epoch::Mark::new(data_dir, epoch.clone()));
         let store = Store {
             pool,
@@ -165,11 +165,12 @@ impl Store {
 
     /// The store's epoch: ids only compare within one.
     pub fn epoch(&self) -> Arc<str> {
-        self.epoch.borrow().clone()
+        self.epoch.borrow().id.clone()
     }
 
-    /// Changes of [`Store::epoch`], as [`Store::check_epoch`] or a renewal finds them.
-    pub fn epoch_changes(&self) -> tokio::sync::watch::Receiver<Arc<str>> {
+    /// Changes of the store's epoch, as a check or a renewal finds them (the store's feed
+    /// follows them, see [`feed`]).
+    pub fn epoch_changes(&self) -> tokio::sync::watch::Receiver<epoch::Epoch> {
         self.epoch.subscribe()
     }
 
@@ -177,45 +178,71 @@ impl Store {
     /// notice it); returns it. Hubs running on the store follow within seconds.
     pub async fn renew_epoch(&self) -> Result<Arc<str>, StoreError> {
         let mut c = self.pool.acquire().await?;
-        let renewed = epoch::renew(&mut c.conn(), &self.epoch()).await?;
-        Ok(self.adopt(renewed))
+        let mut conn = c.conn();
+        let head = u64::try_from(head_id(&mut conn).await?).unwrap_or(0);
+        let renewed = epoch::renew(&mut conn, &self.epoch()).await?;
+        Ok(self.adopt(renewed, head))
     }
 
-    /// Re-reads the store's epoch, for a hub that has handed out ids up to `handed_out`
-    /// in the current one: the epoch another node or a renewal gave the store, or a new
-    /// one when the store's head is below `handed_out` (it lost commits: a failover to a
-    /// replica that lagged, a restore under a running hub). Returns the epoch afterwards.
-    pub async fn check_epoch(&self, handed_out: u64) -> Result<Arc<str>, StoreError> {
+    /// Re-reads the store's epoch: follows the one another node or a renewal gave the
+    /// store. Returns the epoch afterwards.
+    pub async fn refresh_epoch(&self) -> Result<Arc<str>, StoreError> {
+        self.check_epoch(&self.epoch(), None).await
+    }
+
+    /// Re-reads the store's epoch for a node that has handed out ids up to `handed_out`
+    /// (when given) in the epoch `in_epoch`: follows the epoch another node or a renewal
+    /// gave the store, or makes a new one when the store's head is below `handed_out` (it
+    /// lost commits: a failover to a replica that lagged, a restore under a running hub).
+    /// Nothing is compared when the node has moved on from `in_epoch` already (its
+    /// `handed_out` counts ids of an older epoch). Returns the epoch afterwards.
+    pub(crate) async fn check_epoch(
+        &self,
+        in_epoch: &str,
+        handed_out: Option<u64>,
+    ) -> Result<Arc<str>, StoreError> {
         let mut c = self.pool.acquire().await?;
         let mut conn = c.conn();
+        // Read before the epoch: whatever commits after the epoch changed is above it.
+        let head = u64::try_from(head_id(&mut conn).await?).unwrap_or(0);
         let stored = epoch::stored(&mut conn).await?;
         let known = self.epoch();
-        if *stored != *known {
-            tracing::warn!(from = %known, to = %stored, "the store is in another epoch now; following it");
-            return Ok(self.adopt(stored));
-        }
-        let head = u64::try_from(head_id(&mut conn).await?).unwrap_or(0);
-        if head >= handed_out {
+        if *known != *in_epoch {
             return Ok(known);
         }
-        let renewed = epoch::renew(&mut conn, &known).await?;
-        tracing::warn!(
-            head,
-            handed_out,
-            epoch = %renewed,
-            "the store's head is below what this hub handed out (a failover to a replica \
-             that lagged?): it starts a new epoch, and every client starts over"
-        );
-        Ok(self.adopt(renewed))
+        if *stored != *known {
+            tracing::warn!(from = %known, to = %stored, "the store is in another epoch now; following it");
+            return Ok(self.adopt(stored, head));
+        }
+        match handed_out {
+            Some(handed_out) if head < handed_out => {
+                let renewed = epoch::renew(&mut conn, &known).await?;
+                tracing::warn!(
+                    head,
+                    handed_out,
+                    epoch = %renewed,
+                    "the store's head is below what this hub handed out (a failover to a \
+                     replica that lagged?): it starts a new epoch, and every client starts over"
+                );
+                Ok(self.adopt(renewed, head))
+            }
+            _ => Ok(known),
+        }
     }
 
-    /// Makes `epoch` the current one (telling [`Store::epoch_changes`] if it is new).
-    fn adopt(&self, epoch: String) -> Arc<str> {
+    /// Makes `epoch` the current one, taken up at the store's head `since` (telling
+    /// [`Store::epoch_changes`] if it is new).
+    fn adopt(&self, epoch: String, since: u64) -> Arc<str> {
         let epoch: Arc<str> = epoch.into();
         self.epoch.send_if_modified(|current| {
-            let changed = *current != epoch;
-            *current = epoch.clone();
-            changed
+            if *current.id == *epoch {
+                return false;
+            }
+            *current = epoch::Epoch {
+                id: epoch.clone(),
+                since,
+            };
+            true
         });
         epoch
     }

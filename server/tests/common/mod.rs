@@ -138,30 +138,45 @@ impl TestHub {
         store
     }
 
-    /// Makes the store forget that ids above `head` were ever assigned, under the running
-    /// hub: what a failover to a replica that lagged, or a restore, does.
-    pub async fn lower_store_head_to(&self, head: i64) {
+    /// Makes the store lose its commits after `head`, as a failover to a replica that
+    /// lagged does: the notifications are gone, and their ids are issued again.
+    pub async fn lose_commits_after(&self, head: i64) {
         use sqlx::Connection as _;
+        let deletes = [
+            "DELETE FROM notification_targets WHERE notification_id > $1",
+            "DELETE FROM user_state WHERE notification_id > $1",
+            "DELETE FROM notifications WHERE id > $1",
+        ];
         match self.database_url() {
             None => {
                 let db = self.dir.path().join("belfry.db");
                 let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
                     .await
                     .unwrap();
-                sqlx::query("UPDATE sqlite_sequence SET seq = ? WHERE name = 'notifications'")
-                    .bind(head)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
+                for delete in deletes
+                    .iter()
+                    .chain(&["UPDATE sqlite_sequence SET seq = $1 WHERE name = 'notifications'"])
+                {
+                    sqlx::query(delete)
+                        .bind(head)
+                        .execute(&mut c)
+                        .await
+                        .unwrap();
+                }
                 c.close().await.unwrap();
             }
             Some(url) => {
                 let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-                sqlx::query("UPDATE notification_head SET id = $1")
-                    .bind(head)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
+                for delete in deletes
+                    .iter()
+                    .chain(&["UPDATE notification_head SET id = $1"])
+                {
+                    sqlx::query(delete)
+                        .bind(head)
+                        .execute(&mut c)
+                        .await
+                        .unwrap();
+                }
                 c.close().await.unwrap();
             }
         }
