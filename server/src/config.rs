@@ -267,6 +267,14 @@ pub fn redact_url(url: &str) -> String {
     // The authority ends at the first `/`, `?` or `#`; the userinfo at its last `@`.
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
+    if path.contains('@') {
+        // An `@` after the authority: most likely a password holding an unencoded `/`,
+        // `?` or `#` (a malformed URL, the one most likely printed in an error). All of
+        // it up to the last `@` goes (in a well-formed URL with an `@` in its query, more
+        // than needed: never less).
+        let after = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+        return format!("{scheme}://***@{after}");
+    }
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
@@ -276,13 +284,7 @@ pub fn redact_url(url: &str) -> String {
                 format!("{scheme}://{user}@{host}{path}")
             }
         }
-        // An `@` after the authority: most likely a password holding an unencoded `/`,
-        // `?` or `#` (a malformed URL, the one most likely printed in an error). All of
-        // it up to that `@` goes.
-        None => match rest.rsplit_once('@') {
-            Some((_, after)) => format!("{scheme}://***@{after}"),
-            None => url.to_owned(),
-        },
+        None => url.to_owned(),
     }
 }
 
@@ -563,7 +565,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The longest duration any setting takes: far above any sensible one, and far below
 /// what overflows when the hub adds two of them or one to the clock.
-pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// Ten of humantime's years (365.25 days each), so that `10y` itself is taken.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// How a setting's type is read from any layer: a TOML value, or the text of an
 /// environment variable or a flag.
@@ -760,7 +763,9 @@ mod tests {
         // Absurd ones are refused, not left to overflow later.
         assert!(parse_duration("18446744073709551615").is_err());
         assert!(parse_duration("11y").is_err());
-        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("10y"), Ok(MAX_DURATION));
+        assert!(parse_duration("3652d").is_ok());
+        assert!(parse_duration("3653d").is_err());
     }
 
     /// The layers, each over the one below: defaults < file < environment < flags. Every
@@ -868,6 +873,8 @@ mod tests {
             "redis://***@r:6379/0"
         );
         assert_eq!(redact_url("postgres://u:p?w#d@h/db"), "postgres://***@h/db");
+        assert_eq!(redact_url("postgres://u:p@s?w@h/db"), "postgres://***@h/db");
+        assert_eq!(redact_url("postgres://u:p@s/w@h/db"), "postgres://***@h/db");
         assert_eq!(
             redact_url("postgres://u@h/db?password=x&sslmode=require"),
             "postgres://u@h/db?password=***&sslmode=require"

@@ -250,7 +250,7 @@ impl Limits {
             .collect::<Vec<_>>();
         let mut nearest = Client::address(peer);
         while let Some(entry) = entries.pop() {
-            match std::str::from_utf8(entry).ok().and_then(|e| e.parse().ok()) {
+            match std::str::from_utf8(entry).ok().and_then(forwarded_address) {
                 Some(address) if self.trusted(normal(address)) => {
                     nearest = Client::address(normal(address));
                 }
@@ -272,6 +272,15 @@ impl Limits {
         self.connects.forget_idle();
         self.auth.forget_idle();
     }
+}
+
+/// The address of one `X-Forwarded-For` entry: an address, or an address with a port
+/// (`203.0.113.5:41234`, `[2001:db8::1]:443`), as some load balancers write it.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 #[cfg(test)]
@@ -381,6 +390,18 @@ mod tests {
         assert_eq!(
             limits.client_address(peer([127, 0, 0, 1]), &passed_on),
             Some(Client::Claimed("junk".into()))
+        );
+        // An address with a port (as some load balancers write it) is that address,
+        // whatever the port.
+        for with_port in [&b"198.51.100.7:41234"[..], b"198.51.100.7:443"] {
+            assert_eq!(
+                limits.client_address(peer([127, 0, 0, 1]), &forwarded(with_port)),
+                v4([198, 51, 100, 7])
+            );
+        }
+        assert_eq!(
+            limits.client_address(peer([127, 0, 0, 1]), &forwarded(b"[2001:db8::1]:443")),
+            limits.client_address(peer([127, 0, 0, 1]), &forwarded(b"2001:db8::1")),
         );
         // Only proxies: the farthest one.
         let proxies = forwarded(b"10.9.9.9, 10.1.2.3");

@@ -53,15 +53,24 @@ pub struct ConnectionHandle(Arc<Link>);
 
 impl ConnectionHandle {
     /// The connection that carries a socket opened by the request `parts`: only when the
-    /// request was itself the WebSocket upgrade. (A socket that began with long-polling
-    /// keeps the parts of its first poll, whose connection carries other requests, or
-    /// none, and not the socket.)
+    /// request opened it over WebSocket (the `websocket` transport, which Engine.IO only
+    /// accepts as a real upgrade). A socket that began with long-polling keeps the parts
+    /// of its first poll, whose connection carries other requests, or none, and not the
+    /// socket; its headers are the client's to write, so an `Upgrade` header alone says
+    /// nothing.
     pub fn carrying(parts: &axum::http::request::Parts) -> Option<ConnectionHandle> {
         let upgrade = parts
             .headers
             .get(axum::http::header::UPGRADE)
             .and_then(|v| v.to_str().ok());
-        if !upgrade.is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        // Every `transport` named, and at least one, is `websocket` (whichever one the
+        // Engine.IO layer reads).
+        let mut transports = (parts.uri.query().unwrap_or_default().split('&'))
+            .filter_map(|pair| pair.strip_prefix("transport="))
+            .peekable();
+        let over_websocket =
+            transports.peek().is_some() && transports.all(|transport| transport == "websocket");
+        if !(over_websocket && upgrade.is_some_and(|v| v.eq_ignore_ascii_case("websocket"))) {
             return None;
         }
         parts.extensions.get::<ConnectionHandle>().cloned()
@@ -423,5 +432,45 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parts of a request to `uri` with `upgrade` as its `Upgrade` header, on a
+    /// connection the hub watches.
+    fn handshake(uri: &str, upgrade: Option<&str>) -> axum::http::request::Parts {
+        let mut request = axum::http::Request::builder().uri(uri);
+        if let Some(upgrade) = upgrade {
+            request = request.header(axum::http::header::UPGRADE, upgrade);
+        }
+        let (mut parts, ()) = request.body(()).expect("request").into_parts();
+        parts.extensions.insert(ConnectionHandle(Link::new()));
+        parts
+    }
+
+    #[test]
+    fn only_a_websocket_handshake_carries_its_connection() {
+        let ws = "/socket.io/?EIO=4&transport=websocket";
+        assert!(ConnectionHandle::carrying(&handshake(ws, Some("websocket"))).is_some());
+        assert!(ConnectionHandle::carrying(&handshake(ws, Some("WebSocket"))).is_some());
+        // A polling handshake, whatever headers its client wrote.
+        for (uri, upgrade) in [
+            ("/socket.io/?EIO=4&transport=polling", Some("websocket")),
+            ("/socket.io/?EIO=4&transport=polling", None),
+            (
+                "/socket.io/?EIO=4&transport=polling&transport=websocket",
+                Some("websocket"),
+            ),
+            ("/socket.io/?EIO=4", Some("websocket")),
+            (ws, None),
+        ] {
+            assert!(
+                ConnectionHandle::carrying(&handshake(uri, upgrade)).is_none(),
+                "{uri} {upgrade:?}"
+            );
+        }
     }
 }
