@@ -589,12 +589,14 @@ impl Connection {
         }
     }
 
-    /// Sends read marks made while offline; each is dropped once the hub confirmed it.
+    /// Sends read marks made while offline, merged into as few requests as they fit (each
+    /// request counts against the user's write limit on the hub); each is dropped once
+    /// the hub confirmed it.
     async fn flush_pending_reads(&self, client: &Client) {
         let Ok(pending) = self.store.pending_reads().await else {
             return;
         };
-        for (seq, request) in pending {
+        for (seqs, request) in merge_reads(pending) {
             let (tx, rx) = oneshot::channel();
             let data = serde_json::to_value(&request).unwrap_or_default();
             if send_request(client, events::READ, data, move |r| {
@@ -607,12 +609,51 @@ impl Connection {
             }
             match tokio::time::timeout(self.config.heartbeat_timeout, rx).await {
                 Ok(Ok(Ok(_))) => {
-                    let _ = self.store.drop_pending_read(seq).await;
+                    for seq in seqs {
+                        let _ = self.store.drop_pending_read(seq).await;
+                    }
                 }
                 _ => return,
             }
         }
     }
+}
+
+/// Read marks merged: every `up_to` into the highest one, every id list into lists of at
+/// most [`belfry_protocol::limits::MAX_READ_IDS`] ids, each with the marks it covers.
+/// (Marking read is the same whatever order the marks go in.)
+fn merge_reads(pending: Vec<(i64, ReadRequest)>) -> Vec<(Vec<i64>, ReadRequest)> {
+    let mut up_to: Option<(Vec<i64>, u64)> = None;
+    let mut ids: Vec<(Vec<i64>, std::collections::BTreeSet<u64>)> = Vec::new();
+    for (seq, request) in pending {
+        match request {
+            ReadRequest::UpTo { up_to: id } => {
+                let (seqs, highest) = up_to.get_or_insert_with(|| (Vec::new(), 0));
+                seqs.push(seq);
+                *highest = (*highest).max(id);
+            }
+            ReadRequest::Ids { ids: these } => {
+                let fits = ids.last().is_some_and(|(_, held)| {
+                    held.len() + these.len() <= belfry_protocol::limits::MAX_READ_IDS
+                });
+                if !fits {
+                    ids.push((Vec::new(), std::collections::BTreeSet::new()));
+                }
+                if let Some((seqs, held)) = ids.last_mut() {
+                    seqs.push(seq);
+                    held.extend(these);
+                }
+            }
+        }
+    }
+    up_to
+        .map(|(seqs, up_to)| (seqs, ReadRequest::UpTo { up_to }))
+        .into_iter()
+        .chain(ids.into_iter().map(|(seqs, held)| {
+            let ids = held.into_iter().collect();
+            (seqs, ReadRequest::Ids { ids })
+        }))
+        .collect()
 }
 
 /// Where a connection stands in the cursor rule.
@@ -709,6 +750,48 @@ async fn send_request(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn offline_read_marks_go_in_as_few_requests_as_fit() {
+        use super::merge_reads;
+        use belfry_protocol::events::ReadRequest;
+        use belfry_protocol::limits::MAX_READ_IDS;
+        // Forty marks made offline: more than a user's write burst, one request each.
+        let mut pending = Vec::new();
+        for seq in 0..40 {
+            let request = match seq % 4 {
+                0 => ReadRequest::UpTo {
+                    up_to: 100 + seq as u64,
+                },
+                _ => ReadRequest::Ids {
+                    ids: vec![seq as u64, seq as u64 + 1],
+                },
+            };
+            pending.push((seq, request));
+        }
+        // And one list as long as the hub takes.
+        pending.push((
+            40,
+            ReadRequest::Ids {
+                ids: (1000..1000 + MAX_READ_IDS as u64).collect(),
+            },
+        ));
+        let merged = merge_reads(pending);
+        assert_eq!(merged.len(), 3, "{merged:?}");
+        assert_eq!(merged[0].1, ReadRequest::UpTo { up_to: 136 });
+        assert_eq!(merged[0].0, (0..40).step_by(4).collect::<Vec<_>>());
+        let ReadRequest::Ids { ids } = &merged[1].1 else {
+            panic!("{merged:?}")
+        };
+        // 30 lists of two, overlapping: every id once.
+        assert_eq!(ids, &(1..=40).collect::<Vec<u64>>());
+        assert_eq!(merged[1].0.len(), 30);
+        assert_eq!(merged[2].0, vec![40]);
+        // Every mark is covered once.
+        let mut seqs: Vec<i64> = merged.iter().flat_map(|(s, _)| s.clone()).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..=40).collect::<Vec<_>>());
+    }
+
     use super::*;
 
     #[test]
