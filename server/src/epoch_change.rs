@@ -2,8 +2,9 @@
 //! --renew` renewed it, or the store lost commits: see `store/feed.rs`, which finds the
 //! change and hands it to delivery in its place among the commits).
 //!
-//! The node follows: its delivered head comes down to the head the epoch was taken up at
-//! (so the up-to-date shortcut of a catch-up cannot pass over the new epoch's ids), and
+//! The node follows: its delivered head comes down to the head the epoch was taken up at,
+//! if it is above it (so the up-to-date shortcut of a catch-up cannot pass over the ids
+//! a store that lost commits issues again), and
 //! its subscribers let in during an older epoch are disconnected. They reconnect with the
 //! old epoch, are told `epoch_changed`, and start over. (One let in just as the epoch
 //! changed, and missed here, ends its catch-up with a `synced` that names the new epoch:
@@ -20,14 +21,19 @@ use socketioxide::adapter::Adapter;
 /// on the delivery task, between the last notification of the old epoch and the first of
 /// the new one.
 pub fn follow<A: Adapter>(state: &SharedState<A>, epoch: &Epoch) {
-    state.head.reset_to(epoch.since);
+    state.head.lower_to(epoch.since);
+    // The store may be in a newer epoch still (found while this change was on its way):
+    // sockets let in under that one stay.
+    let now = state.store.epoch();
     let older = state
         .io
         .of(events::SUBSCRIBER_NAMESPACE)
         .map(|ns| ns.local().sockets())
         .unwrap_or_default()
         .into_iter()
-        .filter(|socket| session::of(socket).is_none_or(|s| *s.epoch != *epoch.id))
+        .filter(|socket| {
+            session::of(socket).is_none_or(|s| *s.epoch != *epoch.id && *s.epoch != *now)
+        })
         .collect::<Vec<_>>();
     for socket in &older {
         session::disconnect(socket);

@@ -25,8 +25,8 @@ impl Head {
         self.0.fetch_max(id, Relaxed);
     }
 
-    /// Sets it to `id`, lower or not: when the store starts a new epoch below it.
-    pub fn reset_to(&self, id: u64) {
-        self.0.store(id, Relaxed);
+    /// Lowers it to `id` (never raises it): when the store starts a new epoch below it.
+    pub fn lower_to(&self, id: u64) {
+        self.0.fetch_min(id, Relaxed);
     }
 }

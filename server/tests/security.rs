@@ -772,3 +772,27 @@ async fn failed_authentications_are_slowed_per_client_address() {
     }
     hub.stop().await;
 }
+
+/// A handshake with an epoch the hub does not know makes the hub read its store again:
+/// it is counted by the user's connect rate first, so a valid token cannot make every
+/// handshake cost a read.
+#[tokio::test]
+async fn handshakes_with_an_unknown_epoch_count_against_the_connect_rate() {
+    let hub = TestHub::start_with(|c| {
+        c.connect_burst = 3;
+        c.connect_rate = 0.1;
+    })
+    .await;
+    let auth = json!({"token": token("una"), "cursor": 5, "epoch": "0123456789abcdef"});
+    let mut refusals = Vec::new();
+    for _ in 0..4 {
+        let mut s = Subscriber::connect_auth(&hub.url, auth.clone()).await;
+        refusals.push(s.connect_error().await);
+        s.close().await;
+    }
+    for refusal in &refusals[..3] {
+        assert!(refusal.contains("epoch_changed"), "{refusals:?}");
+    }
+    assert!(refusals[3].contains("rate_limited"), "{refusals:?}");
+    hub.stop().await;
+}

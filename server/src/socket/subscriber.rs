@@ -74,18 +74,24 @@ async fn authenticate<A: Adapter>(
         .limits
         .connect(&claims.sub)
         .map_err(|e| ConnectRefused(e.answer()))?;
+    // Read once: the session is let in under the epoch it was checked against.
+    let mut epoch = state.store.epoch();
     if let Some(theirs) = &auth.epoch
-        && **theirs != *state.store.epoch()
-        && !now_in_epoch(state, theirs).await
+        && **theirs != *epoch
     {
-        // The cursor counts ids of a store this one is not (a backup was restored, or the
-        // store replaced): the client must start over, not resume.
-        return Err(ConnectRefused(ErrorBody::new(
-            ErrorCode::EpochChanged,
-            "this hub's store is in another epoch than your cursor (a backup was restored, \
-             or the store replaced): forget the cursor and the ids seen, and connect with \
-             cursor 0 and no epoch",
-        )));
+        match now_in_epoch(state, theirs).await {
+            Some(now) => epoch = now,
+            None => {
+                // The cursor counts ids of a store this one is not (a backup was restored, or the
+                // store replaced): the client must start over, not resume.
+                return Err(ConnectRefused(ErrorBody::new(
+                    ErrorCode::EpochChanged,
+                    "this hub's store is in another epoch than your cursor (a backup was \
+                     restored, or the store replaced): forget the cursor and the ids seen, \
+                     and connect with cursor 0 and no epoch",
+                )));
+            }
+        }
     }
     let cursor = auth.cursor;
     let slot = state
@@ -100,7 +106,7 @@ async fn authenticate<A: Adapter>(
                 ),
             ))
         })?;
-    let session = Session::new(claims, cursor, state.store.epoch(), &state.config);
+    let session = Session::new(claims, cursor, epoch, &state.config);
     session.hold(slot);
     socket.extensions.insert(Arc::new(session));
     Ok(())
@@ -110,12 +116,12 @@ async fn authenticate<A: Adapter>(
 /// moments ago, before this node's periodic check saw it (`store/feed.rs`). Asked only when
 /// a client's epoch differs, of a client whose token holds and within its connect rate;
 /// it only reads the stored epoch (and follows it), never renews it.
-async fn now_in_epoch<A: Adapter>(state: &SharedState<A>, theirs: &str) -> bool {
+async fn now_in_epoch<A: Adapter>(state: &SharedState<A>, theirs: &str) -> Option<Arc<str>> {
     match state.store.refresh_epoch().await {
-        Ok(epoch) => *epoch == *theirs,
+        Ok(epoch) => (*epoch == *theirs).then_some(epoch),
         Err(e) => {
             tracing::warn!(error = %e, "cannot re-read the store's epoch");
-            false
+            None
         }
     }
 }
@@ -265,6 +271,8 @@ fn register_events<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>) {
                                 let allowed = match session.authorized() {
                                     Err(e) => Err(HubError::from(e)),
                                     Ok(()) if *session.epoch != *state.store.epoch() => {
+                                        // In case the epoch's change missed it.
+                                        session::disconnect(&socket);
                                         Err(HubError::new(
                                             ErrorCode::EpochChanged,
                                             "the hub's store is in another epoch now: \

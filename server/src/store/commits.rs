@@ -2,6 +2,7 @@
 //! stored and the subscriptions it added or removed.
 
 use belfry_protocol::{Notification, Target};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A committed notification on its way to delivery.
@@ -46,6 +47,8 @@ pub struct Effects {
     pub notifications: Vec<Committed>,
     /// Subscriptions added or removed.
     pub rooms: Vec<RoomChange>,
+    /// The store's epoch as the writer knew it at the commit (set by the writer).
+    pub epoch: Option<Arc<str>>,
 }
 
 impl Effects {

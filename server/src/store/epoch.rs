@@ -22,9 +22,11 @@ use tokio::sync::watch;
 pub struct Epoch {
     /// The epoch.
     pub id: Arc<str>,
-    /// The store's head, read just before this node took the epoch up: every id above it
-    /// was committed in this epoch, after this node took it up (the ids at or below it are
-    /// in the catch-ups of the clients that start over).
+    /// The store's head, read just before this node took the epoch up. Where the store
+    /// lost commits, the new epoch issues ids again from above it, so the feed goes on
+    /// from here; whatever committed up to it is in the catch-ups of the clients that start
+    /// over. (Commits of the old epoch may sit just above it too: handed out again, they
+    /// are duplicates, which clients drop.)
     pub since: u64,
 }
 
@@ -92,6 +94,11 @@ impl Mark {
             epoch,
             failing: AtomicBool::new(false),
         }
+    }
+
+    /// The epoch the store is in now.
+    pub(super) fn epoch(&self) -> Arc<str> {
+        self.epoch.borrow().id.clone()
     }
 
     /// What the mark says: the epoch and the head, if it says anything readable.

@@ -162,14 +162,14 @@ async fn forward(
     rooms: mpsc::UnboundedSender<RoomEvent>,
     mut delivered: u64,
 ) {
-    let mut epoch = Epochs::new(&store);
-    let mut checks = Epochs::schedule();
+    let mut epoch = Epochs::new(&store, delivered);
     loop {
         tokio::select! {
             biased;
             changed = epoch.changed() => {
                 let Some(new) = changed else { break };
-                delivered = new.since;
+                delivered = delivered.min(new.since);
+                epoch.note(delivered);
                 if notifications.send(Fed::NewEpoch(new)).await.is_err() {
                     break;
                 }
@@ -181,11 +181,11 @@ async fn forward(
                 }
                 let Some(last) = effects.notifications.last() else { continue };
                 delivered = last.notification.id;
+                epoch.note(delivered);
                 if notifications.send(Fed::Committed(effects.notifications)).await.is_err() {
                     break;
                 }
             }
-            _ = checks.tick() => epoch.check(delivered).await,
         }
     }
     tracing::debug!("store feed stopped");
@@ -219,45 +219,48 @@ async fn run(
 ) {
     let notices = listener.notices.clone();
     let mut failing = false;
-    let mut epoch = Epochs::new(&store);
-    let mut checks = Epochs::schedule();
+    let mut epoch = Epochs::new(&store, delivered);
     loop {
         let mine = tokio::select! {
             biased;
             changed = epoch.changed() => {
                 let Some(new) = changed else { break };
-                // Ids start again above the head the epoch was taken up at; the drain
-                // below hands out what the new epoch committed meanwhile.
-                delivered = new.since;
+                // A store that lost commits issues their ids again above the head the
+                // epoch was taken up at: the drain below hands out what the new epoch
+                // committed meanwhile. (A renewal that lost nothing leaves it be.)
+                delivered = delivered.min(new.since);
+                epoch.note(delivered);
                 if out.send(Fed::NewEpoch(new)).await.is_err() {
                     break;
                 }
                 None
             }
             effects = own.recv() => match effects {
-                Some(effects) => Some(effects.notifications),
+                Some(effects) => Some(effects),
                 None => break,
             },
             () = notices.notified() => None,
-            _ = checks.tick() => {
-                epoch.check(delivered).await;
-                continue;
-            }
             () = tokio::time::sleep(POLL) => None,
         };
-        if let Some(batch) = mine {
+        if let Some(effects) = mine {
+            let batch = effects.notifications;
             if batch.is_empty() {
                 continue;
             }
-            if follows(&batch, delivered) {
+            // Trusted as they are only when committed in the epoch the feed is in: a
+            // batch of the old epoch may be one a failover lost, whose ids now name others.
+            if effects.epoch.as_deref() == Some(&*epoch.now) && follows(&batch, delivered) {
                 delivered = batch.last().map_or(delivered, |c| c.notification.id);
+                epoch.note(delivered);
                 if out.send(Fed::Committed(batch)).await.is_err() {
                     break;
                 }
                 continue;
             }
         }
-        match drain(&store, &out, &mut delivered).await {
+        let drained = drain(&store, &out, &mut delivered).await;
+        epoch.note(delivered);
+        match drained {
             Ok(()) => failing = false,
             Err(e) if !failing => {
                 failing = true;
@@ -284,33 +287,45 @@ fn follows(batch: &[Committed], delivered: u64) -> bool {
             .all(|w| w[1].notification.id == w[0].notification.id + 1)
 }
 
-/// The feed's view of the store's epoch: the changes to hand on, and the periodic check.
+/// What the feed has handed out: in which epoch, up to which id.
+type HandedOut = std::sync::Mutex<(Arc<str>, u64)>;
+
+/// The feed's view of the store's epoch: the changes to hand on, and what it handed out
+/// for the periodic check, which runs in a task of its own ([`check_every`]) so that it
+/// neither waits behind a feed that is busy nor holds one up.
 struct Epochs {
-    store: Store,
     changes: tokio::sync::watch::Receiver<Epoch>,
     /// The epoch the feed is in (the last one it handed on).
     now: Arc<str>,
-    failing: bool,
+    handed_out: Arc<HandedOut>,
+    check: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Epochs {
+    fn drop(&mut self) {
+        self.check.abort();
+    }
 }
 
 impl Epochs {
-    fn new(store: &Store) -> Epochs {
+    /// For a feed that has handed out ids up to `delivered`; starts the periodic check.
+    fn new(store: &Store, delivered: u64) -> Epochs {
         let mut changes = store.epoch_changes();
         let now = changes.borrow_and_update().id.clone();
+        let handed_out = Arc::new(std::sync::Mutex::new((now.clone(), delivered)));
+        let check = tokio::spawn(check_every(store.clone(), handed_out.clone()));
         Epochs {
-            store: store.clone(),
             changes,
             now,
-            failing: false,
+            handed_out,
+            check,
         }
     }
 
-    /// When the next checks are due: every [`CHECK_EPOCH_EVERY`], the first one after it.
-    fn schedule() -> tokio::time::Interval {
-        let mut tick = tokio::time::interval(CHECK_EPOCH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.reset();
-        tick
+    /// Records that the feed has handed out ids up to `delivered`, in its epoch.
+    fn note(&self, delivered: u64) {
+        let mut handed_out = self.handed_out.lock().unwrap_or_else(|p| p.into_inner());
+        *handed_out = (self.now.clone(), delivered);
     }
 
     /// The next new epoch; `None` once the store is gone.
@@ -324,14 +339,19 @@ impl Epochs {
             }
         }
     }
+}
 
-    /// Checks the store's epoch for a feed that handed out ids up to `delivered` in its
-    /// epoch (a change it finds comes through [`Epochs::changed`]).
-    async fn check(&mut self, delivered: u64) {
-        match self.store.check_epoch(&self.now, Some(delivered)).await {
-            Ok(_) => self.failing = false,
-            Err(e) if !self.failing => {
-                self.failing = true;
+/// Checks the store's epoch every [`CHECK_EPOCH_EVERY`] against what the feed handed out
+/// (a change it finds reaches the feed through [`Epochs::changed`]).
+async fn check_every(store: Store, handed_out: Arc<HandedOut>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(CHECK_EPOCH_EVERY).await;
+        let (epoch, delivered) = handed_out.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match store.check_epoch(&epoch, Some(delivered)).await {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
                 tracing::warn!(error = %e, "cannot check the store's epoch; trying again");
             }
             Err(_) => {}

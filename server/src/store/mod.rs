@@ -180,8 +180,9 @@ impl Store {
         let mut c = self.pool.acquire().await?;
         let mut conn = c.conn();
         let head = u64::try_from(head_id(&mut conn).await?).unwrap_or(0);
-        let renewed = epoch::renew(&mut conn, &self.epoch()).await?;
-        Ok(self.adopt(renewed, head))
+        let old = self.epoch();
+        let renewed = epoch::renew(&mut conn, &old).await?;
+        Ok(self.adopt(renewed, head, &old))
     }
 
     /// Re-reads the store's epoch: follows the one another node or a renewal gave the
@@ -212,7 +213,7 @@ impl Store {
         }
         if *stored != *known {
             tracing::warn!(from = %known, to = %stored, "the store is in another epoch now; following it");
-            return Ok(self.adopt(stored, head));
+            return Ok(self.adopt(stored, head, &known));
         }
         match handed_out {
             Some(handed_out) if head < handed_out => {
@@ -224,18 +225,20 @@ impl Store {
                     "the store's head is below what this hub handed out (a failover to a \
                      replica that lagged?): it starts a new epoch, and every client starts over"
                 );
-                Ok(self.adopt(renewed, head))
+                Ok(self.adopt(renewed, head, &known))
             }
             _ => Ok(known),
         }
     }
 
-    /// Makes `epoch` the current one, taken up at the store's head `since` (telling
-    /// [`Store::epoch_changes`] if it is new).
-    fn adopt(&self, epoch: String, since: u64) -> Arc<str> {
+    /// Makes `epoch` the current one in place of `from`, taken up at the store's head
+    /// `since` (telling [`Store::epoch_changes`] if it is new). If the store moved on from
+    /// `from` meanwhile (another check adopted a newer one), it stays where it is.
+    /// Returns the epoch afterwards.
+    fn adopt(&self, epoch: String, since: u64, from: &str) -> Arc<str> {
         let epoch: Arc<str> = epoch.into();
         self.epoch.send_if_modified(|current| {
-            if *current.id == *epoch {
+            if *current.id == *epoch || *current.id != *from {
                 return false;
             }
             *current = epoch::Epoch {
@@ -244,7 +247,7 @@ impl Store {
             };
             true
         });
-        epoch
+        self.epoch()
     }
 
     /// Which database the store runs on.

@@ -245,12 +245,13 @@ impl Writer {
                 self.rx.close();
             }
             self.progress.busy_since_ms.store(now_ms(), Relaxed);
-            let (answers, effects) = self.commit(batch).await;
+            let (answers, mut effects) = self.commit(batch).await;
             self.progress.busy_since_ms.store(0, Relaxed);
             if let Some(last) = effects.notifications.last() {
                 self.mark.note(last.notification.id);
             }
             if !effects.is_empty() {
+                effects.epoch = Some(self.mark.epoch());
                 // Delivery is best effort once stored: if it has stopped, clients catch up.
                 let _ = committed.send(effects).await;
             }
