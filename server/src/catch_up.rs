@@ -336,10 +336,14 @@ async fn run_catch_up<A: Adapter>(
     // A device that is up to date needs nothing from the store: every id above the head
     // is emitted after this read (delivery raises the head before it emits), and the
     // socket is already in its rooms, so it arrives live. Most reconnects are like this
-    // (a network blip, a restarted hub); each one used to cost a read transaction.
+    // (a network blip, a restarted hub); each one used to cost a read transaction. Only
+    // in the epoch delivery is in (read before the head): a socket let in under a newer
+    // one reads the store until delivery has followed.
+    let delivering = state.head.epoch();
     let head = state.head.get();
     if let CatchUpFrom::Cursor(Some(cursor)) = from
         && cursor >= head
+        && *delivering == *session.epoch
     {
         state.metrics.catch_ups_up_to_date_total.increment(1);
         emit_batch(state, socket, session, &mut pace, Vec::new(), false).await?;

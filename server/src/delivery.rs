@@ -29,8 +29,9 @@ pub async fn run<A: Adapter>(state: SharedState<A>, mut fed: mpsc::Receiver<Fed>
     while let Some(item) = fed.recv().await {
         match item {
             Fed::Committed(batch) => {
+                let epoch = state.head.epoch();
                 for c in batch {
-                    deliver(&state, &c);
+                    deliver(&state, &epoch, &c);
                 }
             }
             Fed::NewEpoch(epoch) => epoch_change::follow(&state, &epoch),
@@ -39,7 +40,8 @@ pub async fn run<A: Adapter>(state: SharedState<A>, mut fed: mpsc::Receiver<Fed>
     tracing::debug!("delivery stopped");
 }
 
-fn deliver<A: Adapter>(state: &SharedState<A>, c: &Committed) {
+/// Delivers `c`, of `epoch`, to the sockets let in under that epoch.
+fn deliver<A: Adapter>(state: &SharedState<A>, epoch: &str, c: &Committed) {
     state.head.raise(c.notification.id);
     let sockets = state.membership.sockets_for(&c.targets);
     if !sockets.is_empty() {
@@ -56,6 +58,11 @@ fn deliver<A: Adapter>(state: &SharedState<A>, c: &Committed) {
             let Some(session) = session::of(&socket) else {
                 continue;
             };
+            if *session.epoch != *epoch {
+                // Of another epoch: sent away (older), or to be served once delivery
+                // follows (newer; its catch-up reads the store meanwhile).
+                continue;
+            }
             if emit_live(state, &socket, &session, c.notification.id, &raw) {
                 delivered += 1;
             }

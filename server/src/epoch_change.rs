@@ -21,7 +21,7 @@ use socketioxide::adapter::Adapter;
 /// on the delivery task, between the last notification of the old epoch and the first of
 /// the new one.
 pub fn follow<A: Adapter>(state: &SharedState<A>, epoch: &Epoch) {
-    state.head.lower_to(epoch.since);
+    state.head.enter(epoch.id.clone(), epoch.since);
     // The store may be in a newer epoch still (found while this change was on its way):
     // sockets let in under that one stay.
     let now = state.store.epoch();
@@ -36,7 +36,9 @@ pub fn follow<A: Adapter>(state: &SharedState<A>, epoch: &Epoch) {
         })
         .collect::<Vec<_>>();
     for socket in &older {
-        session::disconnect(socket);
+        if session::of(socket).is_none_or(|s| s.send_away()) {
+            session::disconnect(socket);
+        }
     }
     tracing::warn!(
         epoch = %epoch.id,

@@ -46,6 +46,8 @@ pub struct Session {
     ended: tokio::sync::watch::Sender<bool>,
     /// The device's place among its user's, given back when the socket ends.
     slot: Mutex<Option<DeviceSlot>>,
+    /// Whether the socket was sent away for an older epoch (once is enough).
+    sent_away: AtomicBool,
 }
 
 impl Session {
@@ -65,7 +67,15 @@ impl Session {
             counted: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(false),
             slot: Mutex::new(None),
+            sent_away: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the socket as sent away for an older epoch; `true` the first time only.
+    pub fn send_away(&self) -> bool {
+        !self
+            .sent_away
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `Ok` while the socket's token holds; afterwards nothing more is served on it.

@@ -75,7 +75,7 @@ impl<A: Adapter> AppState<A> {
             membership: Membership::new(io.clone(), store.clone(), config.max_subscriptions),
             devices: Devices::new(io.clone()),
             acks: Arc::new(PendingAcks::default()),
-            head: Head::default(),
+            head: Head::new(store.epoch()),
             drain: Drain::default(),
             health: Health::new(store.clone(), metrics.health_checks_total.clone()),
             limits: Limits::new(&config),

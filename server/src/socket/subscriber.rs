@@ -272,7 +272,9 @@ fn register_events<A: Adapter>(state: &SharedState<A>, socket: &SocketRef<A>) {
                                     Err(e) => Err(HubError::from(e)),
                                     Ok(()) if *session.epoch != *state.store.epoch() => {
                                         // In case the epoch's change missed it.
-                                        session::disconnect(&socket);
+                                        if session.send_away() {
+                                            session::disconnect(&socket);
+                                        }
                                         Err(HubError::new(
                                             ErrorCode::EpochChanged,
                                             "the hub's store is in another epoch now: \

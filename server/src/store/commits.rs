@@ -47,7 +47,8 @@ pub struct Effects {
     pub notifications: Vec<Committed>,
     /// Subscriptions added or removed.
     pub rooms: Vec<RoomChange>,
-    /// The store's epoch as the writer knew it at the commit (set by the writer).
+    /// The store's epoch as the writer knew it through the commit (set by the writer;
+    /// `None` when it changed while the commit ran).
     pub epoch: Option<Arc<str>>,
 }
 

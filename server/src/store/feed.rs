@@ -180,6 +180,19 @@ async fn forward(
                     let _ = rooms.send(RoomEvent::Change(change));
                 }
                 let Some(last) = effects.notifications.last() else { continue };
+                // Committed in an epoch the feed has yet to hand on: that change first.
+                if let Some(new) = epoch.pending_for(effects.epoch.as_deref()) {
+                    delivered = delivered.min(new.since);
+                    epoch.note(delivered);
+                    if notifications.send(Fed::NewEpoch(new)).await.is_err() {
+                        break;
+                    }
+                }
+                if effects.epoch.as_deref().is_some_and(|e| *e != *epoch.now) {
+                    // Of an epoch the store has left: committed before the change, so
+                    // in the catch-ups of the sockets of the new one.
+                    continue;
+                }
                 delivered = last.notification.id;
                 epoch.note(delivered);
                 if notifications.send(Fed::Committed(effects.notifications)).await.is_err() {
@@ -246,6 +259,14 @@ async fn run(
             let batch = effects.notifications;
             if batch.is_empty() {
                 continue;
+            }
+            // Committed in an epoch the feed has yet to hand on: that change first.
+            if let Some(new) = epoch.pending_for(effects.epoch.as_deref()) {
+                delivered = delivered.min(new.since);
+                epoch.note(delivered);
+                if out.send(Fed::NewEpoch(new)).await.is_err() {
+                    break;
+                }
             }
             // Trusted as they are only when committed in the epoch the feed is in: a
             // batch of the old epoch may be one a failover lost, whose ids now name others.
@@ -320,6 +341,18 @@ impl Epochs {
             handed_out,
             check,
         }
+    }
+
+    /// The change to the epoch `of` (a batch's), if the store is in it and the feed has
+    /// not handed that change on yet (it takes it, as [`Epochs::changed`] would).
+    fn pending_for(&mut self, of: Option<&str>) -> Option<Epoch> {
+        let of = of?;
+        if *of == *self.now || *self.changes.borrow().id != *of {
+            return None;
+        }
+        let new = self.changes.borrow_and_update().clone();
+        self.now = new.id.clone();
+        Some(new)
     }
 
     /// Records that the feed has handed out ids up to `delivered`, in its epoch.

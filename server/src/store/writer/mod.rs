@@ -245,13 +245,15 @@ impl Writer {
                 self.rx.close();
             }
             self.progress.busy_since_ms.store(now_ms(), Relaxed);
+            let epoch = self.mark.epoch();
             let (answers, mut effects) = self.commit(batch).await;
             self.progress.busy_since_ms.store(0, Relaxed);
             if let Some(last) = effects.notifications.last() {
                 self.mark.note(last.notification.id);
             }
             if !effects.is_empty() {
-                effects.epoch = Some(self.mark.epoch());
+                // The epoch of the commit, unless it changed while the commit ran.
+                effects.epoch = (*self.mark.epoch() == *epoch).then_some(epoch);
                 // Delivery is best effort once stored: if it has stopped, clients catch up.
                 let _ = committed.send(effects).await;
             }
