@@ -24,7 +24,7 @@
 
 use crate::catch_up;
 use crate::membership::names;
-use crate::session;
+use crate::session::{self, Session};
 use crate::state::SharedState;
 use crate::store::{RoomChange, RoomEvent};
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -387,17 +387,36 @@ pub async fn follow_rooms<A: Adapter>(
 
 /// Where an outage began: the head, and the time less a margin (a connection can die
 /// some time before its node hears of it).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Outage {
+    /// The epoch delivery was in (the head counts in it).
+    epoch: Arc<str>,
     head: u64,
     since_ms: i64,
 }
 
 impl Outage {
     fn began<A: Adapter>(state: &SharedState<A>) -> Outage {
+        // The epoch first: the head read after it counts in it (see `head.rs`).
+        let epoch = state.head.epoch();
         Outage {
+            epoch,
             head: state.head.get(),
             since_ms: crate::store::now_ms() - OUTAGE_MARGIN_MS,
+        }
+    }
+
+    /// Where a socket's live notifications may have stopped: after the head at the
+    /// outage, for a socket of the epoch it counts in; for one let in under a later
+    /// epoch, after where delivery entered that epoch (or, for an epoch delivery has
+    /// not reached yet, anywhere: from the first id).
+    fn missed_from<A: Adapter>(&self, state: &SharedState<A>, session: &Session) -> u64 {
+        if *session.epoch == *self.epoch {
+            return self.head + 1;
+        }
+        match state.head.epoch_began() {
+            (epoch, since) if *epoch == *session.epoch => since + 1,
+            _ => 1,
         }
     }
 }
@@ -456,7 +475,7 @@ async fn resync<A: Adapter>(state: &SharedState<A>, outage: Outage) {
                 continue;
             }
         };
-        session.hold_live_from(outage.head + 1);
+        session.hold_live_from(outage.missed_from(state, &session));
         state.membership.rejoin(&socket, &viewer);
         catch_up::recover(state, &socket, Duration::ZERO);
         if !read_marks.contains_key(&session.user) {

@@ -24,12 +24,14 @@ pub fn follow<A: Adapter>(state: &SharedState<A>, epoch: &Epoch) {
     state.head.enter(epoch.id.clone(), epoch.since);
     // The store may be in a newer epoch still (found while this change was on its way):
     // sockets let in under that one stay.
-    let now = state.store.epoch();
-    let older = state
+    let sockets = state
         .io
         .of(events::SUBSCRIBER_NAMESPACE)
         .map(|ns| ns.local().sockets())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // Read after the sockets are listed: any let in before it is in that epoch or older.
+    let now = state.store.epoch();
+    let older = sockets
         .into_iter()
         .filter(|socket| {
             session::of(socket).is_none_or(|s| *s.epoch != *epoch.id && *s.epoch != *now)

@@ -16,8 +16,9 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug)]
 pub struct Head {
     id: AtomicU64,
-    /// The epoch delivery is in: live notifications go only to sockets let in under it.
-    epoch: RwLock<Arc<str>>,
+    /// The epoch delivery is in (live notifications go only to sockets let in under it),
+    /// and the store's head where it began.
+    epoch: RwLock<(Arc<str>, u64)>,
 }
 
 impl Head {
@@ -25,7 +26,7 @@ impl Head {
     pub fn new(epoch: Arc<str>) -> Self {
         Self {
             id: AtomicU64::new(0),
-            epoch: RwLock::new(epoch),
+            epoch: RwLock::new((epoch, 0)),
         }
     }
 
@@ -37,6 +38,16 @@ impl Head {
 
     /// The epoch delivery is in.
     pub fn epoch(&self) -> Arc<str> {
+        self.epoch
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The epoch delivery is in and the store's head where delivery entered it (0 for
+    /// the epoch the node started in).
+    pub fn epoch_began(&self) -> (Arc<str>, u64) {
         self.epoch.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -50,6 +61,6 @@ impl Head {
     /// before the epoch is set, so whoever reads the new epoch reads the lowered head.
     pub fn enter(&self, epoch: Arc<str>, since: u64) {
         self.id.fetch_min(since, Relaxed);
-        *self.epoch.write().unwrap_or_else(|p| p.into_inner()) = epoch;
+        *self.epoch.write().unwrap_or_else(|p| p.into_inner()) = (epoch, since);
     }
 }

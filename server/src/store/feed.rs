@@ -347,12 +347,18 @@ impl Epochs {
     /// not handed that change on yet (it takes it, as [`Epochs::changed`] would).
     fn pending_for(&mut self, of: Option<&str>) -> Option<Epoch> {
         let of = of?;
-        if *of == *self.now || *self.changes.borrow().id != *of {
+        if *of == *self.now {
             return None;
         }
-        let new = self.changes.borrow_and_update().clone();
-        self.now = new.id.clone();
-        Some(new)
+        let current = self.changes.borrow().clone();
+        if *current.id != *of {
+            // Not the store's epoch now: the batch is read again or dropped, and the
+            // change comes through [`Epochs::changed`].
+            return None;
+        }
+        self.changes.borrow_and_update();
+        self.now = current.id.clone();
+        Some(current)
     }
 
     /// Records that the feed has handed out ids up to `delivered`, in its epoch.
