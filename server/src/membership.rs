@@ -50,10 +50,11 @@ pub struct Membership<A: Adapter> {
 }
 
 impl<A: Adapter> Membership<A> {
-    /// Membership on the subscribers' namespace of `io`, subscriptions kept in `store`.
-    pub fn new(io: SocketIo<A>, store: Store, max_subscriptions: u32) -> Self {
+    /// Membership on the subscribers' namespace of `io`, subscriptions kept in `store`,
+    /// telling the user's `devices` of changes.
+    pub fn new(io: SocketIo<A>, store: Store, devices: Devices<A>, max_subscriptions: u32) -> Self {
         Self {
-            devices: Devices::new(io.clone()),
+            devices,
             io,
             store,
             max_subscriptions,

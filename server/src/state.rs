@@ -68,12 +68,19 @@ impl<A: Adapter> AppState<A> {
     /// checks them).
     pub fn new(store: Store, io: SocketIo<A>, config: Config) -> Self {
         let metrics = Arc::new(Metrics::new());
+        // One for the node: its slots count every device here.
+        let devices = Devices::new(io.clone());
         Self {
             tokens: TokenSigner::new(config.jwt_secret.clone().unwrap_or_default()),
             keys: PublishKeys::new(config.publish_keys.iter().cloned()),
             publishing: Publishing::new(&config, store.writer().clone(), metrics.clone()),
-            membership: Membership::new(io.clone(), store.clone(), config.max_subscriptions),
-            devices: Devices::new(io.clone()),
+            membership: Membership::new(
+                io.clone(),
+                store.clone(),
+                devices.clone(),
+                config.max_subscriptions,
+            ),
+            devices,
             acks: Arc::new(PendingAcks::default()),
             head: Head::new(store.epoch()),
             drain: Drain::default(),

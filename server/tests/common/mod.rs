@@ -142,43 +142,38 @@ impl TestHub {
     /// lagged does: the notifications are gone, and their ids are issued again.
     pub async fn lose_commits_after(&self, head: i64) {
         use sqlx::Connection as _;
-        let deletes = [
+        let url = self.database_url();
+        let statements = [
             "DELETE FROM notification_targets WHERE notification_id > $1",
             "DELETE FROM user_state WHERE notification_id > $1",
             "DELETE FROM notifications WHERE id > $1",
+            match url {
+                None => "UPDATE sqlite_sequence SET seq = $1 WHERE name = 'notifications'",
+                Some(_) => "UPDATE notification_head SET id = $1",
+            },
         ];
-        match self.database_url() {
+        macro_rules! run_on {
+            ($connection:expr) => {{
+                let mut c = $connection.await.unwrap();
+                for statement in statements {
+                    sqlx::query(statement)
+                        .bind(head)
+                        .execute(&mut c)
+                        .await
+                        .unwrap();
+                }
+                c.close().await.unwrap();
+            }};
+        }
+        match url {
             None => {
                 let db = self.dir.path().join("belfry.db");
-                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-                    .await
-                    .unwrap();
-                for delete in deletes
-                    .iter()
-                    .chain(&["UPDATE sqlite_sequence SET seq = $1 WHERE name = 'notifications'"])
-                {
-                    sqlx::query(delete)
-                        .bind(head)
-                        .execute(&mut c)
-                        .await
-                        .unwrap();
-                }
-                c.close().await.unwrap();
+                run_on!(sqlx::SqliteConnection::connect(&format!(
+                    "sqlite://{}",
+                    db.display()
+                )))
             }
-            Some(url) => {
-                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-                for delete in deletes
-                    .iter()
-                    .chain(&["UPDATE notification_head SET id = $1"])
-                {
-                    sqlx::query(delete)
-                        .bind(head)
-                        .execute(&mut c)
-                        .await
-                        .unwrap();
-                }
-                c.close().await.unwrap();
-            }
+            Some(url) => run_on!(sqlx::PgConnection::connect(&url)),
         }
     }
 
