@@ -45,6 +45,9 @@ pub struct Metrics {
     pub catch_ups_up_to_date_total: Counter,
     /// Batches the store's writer committed (set when /metrics is rendered).
     pub store_commits_total: Counter,
+    /// Writes committed together with others of their kind, in one unit (set when
+    /// /metrics is rendered).
+    pub store_joined_writes_total: Counter,
     /// Health checks that asked the store (the others were answered from the last one).
     pub health_checks_total: Counter,
     publish_to_emit: Histogram,
@@ -122,6 +125,10 @@ impl Metrics {
             store_commits_total: counter(
                 "belfry_store_commits_total",
                 "Write transactions (batches of writes) the store committed.",
+            ),
+            store_joined_writes_total: counter(
+                "belfry_store_joined_writes_total",
+                "Writes (publishes) the store committed together with others of their kind, with one set of statements for all.",
             ),
             health_checks_total: counter(
                 "belfry_health_checks_total",

@@ -184,6 +184,90 @@ async fn idempotency_key_repeats_return_the_first_id_and_notify_nobody() {
     hub.stop().await;
 }
 
+/// Publishes that arrive at once are stored together by the writer (one insert for all
+/// their notifications, one for their targets, one for their keys): each still gets its
+/// own dense id, its own targets and its own idempotency key.
+#[tokio::test]
+async fn publishes_arriving_at_once_each_keep_their_targets_and_keys() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let hub = TestHub::start().await;
+    let users = ["una", "vic", "wes", "xia"];
+    let bodies: Vec<Value> = (0..120)
+        .map(|i| {
+            let user = users[i % users.len()];
+            let mut body = json!({"to": [format!("user:{user}")], "title": format!("n{i}")});
+            if i % 10 == 0 {
+                body["to"] = json!([format!("user:{user}"), "user:zed"]);
+            }
+            if i % 3 == 0 {
+                body["idempotency_key"] = json!(format!("key-{}", i % 9));
+            }
+            body
+        })
+        .collect();
+    let answers = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| hub.call(Method::POST, "/notifications", KEY, Some(body.clone()))),
+    )
+    .await;
+    // Per key: one stored (201), every other answered with its id (200, duplicate).
+    let mut by_key: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    let mut stored: BTreeMap<u64, &Value> = BTreeMap::new();
+    for (body, (status, answer)) in bodies.iter().zip(&answers) {
+        let id = answer["id"].as_u64().unwrap();
+        if let Some(key) = body["idempotency_key"].as_str() {
+            by_key.entry(key).or_default().insert(id);
+        }
+        match status {
+            201 => assert!(stored.insert(id, body).is_none(), "id {id} given twice"),
+            200 => assert_eq!(answer["duplicate"], true),
+            other => panic!("publish answered {other}: {answer}"),
+        }
+    }
+    assert_eq!(by_key.len(), 3);
+    assert!(by_key.values().all(|ids| ids.len() == 1), "{by_key:?}");
+    assert_eq!(stored.len(), 120 - 40 + 3);
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (1..=83).collect::<Vec<u64>>(),
+        "dense ids"
+    );
+    // Every user holds exactly the stored publishes addressed to them, as sent.
+    for user in users.iter().chain(&["zed"]) {
+        let target = json!(format!("user:{user}"));
+        let expected: Vec<(u64, String)> = stored
+            .iter()
+            .filter(|(_, body)| body["to"].as_array().unwrap().contains(&target))
+            .map(|(id, body)| (*id, body["title"].as_str().unwrap().to_owned()))
+            .collect();
+        let (_, page) = hub
+            .call(Method::GET, "/notifications?limit=500", &token(user), None)
+            .await;
+        let held: Vec<(u64, String)> = page["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_u64().unwrap(),
+                    n["title"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(held, expected, "{user}");
+    }
+    // 120 at once: the writer took some of them together (on either store).
+    let metrics = hub.metrics().await;
+    let joined = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("belfry_store_joined_writes_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap();
+    assert!(joined > 1, "{metrics}");
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn expired_notifications_are_never_caught_up_and_get_pruned() {
     let hub = TestHub::start().await;

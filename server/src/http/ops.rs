@@ -38,6 +38,10 @@ pub async fn metrics<A: Adapter>(State(state): State<SharedState<A>>) -> impl In
                 .metrics
                 .store_commits_total
                 .absolute(state.store.writer().batches());
+            state
+                .metrics
+                .store_joined_writes_total
+                .absolute(state.store.writer().joined());
             state.metrics.render()
         },
     )

@@ -14,6 +14,12 @@
 //! sees id n committed also sees every smaller id that will ever be committed. Cursors
 //! stay gap-free with any number of writers (see `feed.rs` for how nodes deliver).
 //!
+//! Operations of a kind that can be applied together ([`Operation::apply_all`], today
+//! publishes) and that stand next to each other in a batch form one unit: one savepoint
+//! and a few statements for all of them instead of a few each. If a unit fails, its
+//! savepoint is rolled back and its operations are applied one by one, so one bad
+//! operation still spoils only itself.
+//!
 //! Each kind of write is one file here, implementing [`Operation`]: a new one is a new
 //! file and its `pub mod` line below.
 
@@ -29,17 +35,19 @@ use super::epoch::Mark;
 use super::feed;
 use super::{StoreError, now_ms};
 use futures_util::future::BoxFuture;
+use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use tokio::sync::{mpsc, oneshot};
 
-/// The most operations committed in one transaction.
+/// The most operations the writer takes from its queue at once.
 pub const MAX_BATCH: usize = 512;
-/// The most operations in one PostgreSQL transaction: each has a savepoint, and past 64
-/// subtransactions PostgreSQL's per-connection cache of them overflows, which slows
-/// every other connection's snapshots while the transaction runs.
-pub const MAX_BATCH_POSTGRES: usize = 64;
+/// The most units (savepoints) in one PostgreSQL transaction: past 64 subtransactions
+/// PostgreSQL's per-connection cache of them overflows, which slows every other
+/// connection's snapshots while the transaction runs. A batch of more is committed as
+/// several transactions, in order.
+pub const MAX_UNITS_POSTGRES: usize = 64;
 
 /// One kind of write, applied inside the writer's batch transaction in a savepoint of its
 /// own: if it fails, only its own changes are rolled back.
@@ -59,18 +67,61 @@ pub(crate) trait Operation: Send + 'static {
         conn: &mut Conn<'_>,
         effects: &mut Effects,
     ) -> impl Future<Output = Result<Self::Output, StoreError>> + Send;
+
+    /// Whether this operation may be applied together with operations of its kind next to
+    /// it in the batch, through [`Operation::apply_all`].
+    fn joins(&self) -> bool {
+        false
+    }
+
+    /// Applies `ops` (two or more that [`Operation::joins`], in batch order) together and
+    /// returns their outputs in the same order; what the commit will make true goes into
+    /// `effects` as [`Operation::apply`] would put it there one by one. On an error the
+    /// writer rolls back whatever this did and applies the operations one by one.
+    fn apply_all(
+        ops: &[&Self],
+        conn: &mut Conn<'_>,
+        effects: &mut Effects,
+    ) -> impl Future<Output = Result<Vec<Self::Output>, StoreError>> + Send
+    where
+        Self: Sized + Sync,
+    {
+        let _ = (ops, conn, effects);
+        std::future::ready(Err(StoreError::Commit(format!(
+            "{} operations are applied one by one",
+            Self::NAME
+        ))))
+    }
 }
 
-/// An operation with the caller waiting for its answer.
+/// An operation with the caller waiting for its answer, or several of one kind applied
+/// together (a unit).
 trait Queued: Send {
     fn takes_ids(&self) -> bool;
+    /// Applies the unit. Several operations that could not be applied together come back
+    /// as [`Applied::Apart`], each to be applied alone.
     fn apply<'a, 'c: 'a>(
         self: Box<Self>,
         conn: &'a mut Conn<'c>,
         effects: &'a mut Effects,
-    ) -> BoxFuture<'a, Box<dyn Answer>>;
-    /// The answer of an operation that was never applied.
+    ) -> BoxFuture<'a, Applied>;
+    /// Answers every operation of the unit that it was never applied.
     fn unapplied(self: Box<Self>, why: StoreError);
+    /// Takes `next` into this unit if both may be applied together; gives it back if not.
+    fn join(&mut self, next: Box<dyn Queued>) -> Result<(), Box<dyn Queued>>;
+    /// Whether this unit is alone and may take others of its kind.
+    fn joins(&self) -> bool;
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+    fn as_any(&self) -> &(dyn Any + Send);
+}
+
+/// What applying a unit came to.
+enum Applied {
+    /// The answers, in the unit's order: every one failed or every one succeeded when
+    /// the unit held more than one.
+    Answers(Vec<Box<dyn Answer>>),
+    /// The operations of a unit that failed together, to be applied one by one.
+    Apart(Vec<Box<dyn Queued>>),
 }
 
 /// An applied operation's answer, held until the commit.
@@ -84,6 +135,8 @@ trait Answer: Send {
 struct Job<O: Operation> {
     op: O,
     reply: oneshot::Sender<Result<O::Output, StoreError>>,
+    /// Operations of the same kind applied together with this one, in batch order.
+    joined: Vec<Job<O>>,
 }
 
 struct Done<T> {
@@ -91,7 +144,7 @@ struct Done<T> {
     result: Result<T, StoreError>,
 }
 
-impl<O: Operation> Queued for Job<O> {
+impl<O: Operation + Sync> Queued for Job<O> {
     fn takes_ids(&self) -> bool {
         O::TAKES_IDS
     }
@@ -100,20 +153,85 @@ impl<O: Operation> Queued for Job<O> {
         self: Box<Self>,
         conn: &'a mut Conn<'c>,
         effects: &'a mut Effects,
-    ) -> BoxFuture<'a, Box<dyn Answer>> {
-        let Job { op, reply } = *self;
+    ) -> BoxFuture<'a, Applied> {
+        let Job { op, reply, joined } = *self;
         Box::pin(async move {
-            let result = op.apply(conn, effects).await;
-            if let Err(e) = &result {
-                tracing::debug!(operation = O::NAME, error = %e, "write refused");
+            if joined.is_empty() {
+                let result = op.apply(conn, effects).await;
+                if let Err(e) = &result {
+                    tracing::debug!(operation = O::NAME, error = %e, "write refused");
+                }
+                return Applied::Answers(vec![Box::new(Done { reply, result })]);
             }
-            Box::new(Done { reply, result }) as Box<dyn Answer>
+            let jobs: Vec<Job<O>> = std::iter::once(Job {
+                op,
+                reply,
+                joined: Vec::new(),
+            })
+            .chain(joined)
+            .collect();
+            let ops: Vec<&O> = jobs.iter().map(|job| &job.op).collect();
+            let outputs = O::apply_all(&ops, conn, effects).await;
+            drop(ops);
+            match outputs {
+                Ok(outputs) if outputs.len() == jobs.len() => Applied::Answers(
+                    jobs.into_iter()
+                        .zip(outputs)
+                        .map(|(job, output)| {
+                            Box::new(Done {
+                                reply: job.reply,
+                                result: Ok(output),
+                            }) as Box<dyn Answer>
+                        })
+                        .collect(),
+                ),
+                outcome => {
+                    if let Err(e) = outcome {
+                        tracing::debug!(operation = O::NAME, error = %e, "applying one by one");
+                    }
+                    Applied::Apart(
+                        jobs.into_iter()
+                            .map(|job| Box::new(job) as Box<dyn Queued>)
+                            .collect(),
+                    )
+                }
+            }
         })
     }
 
     fn unapplied(self: Box<Self>, why: StoreError) {
-        // A caller that gave up waiting is not an error.
-        let _ = self.reply.send(Err(why));
+        let Job { reply, joined, .. } = *self;
+        for job in joined {
+            // A caller that gave up waiting is not an error.
+            let _ = job.reply.send(Err(same_error(&why)));
+        }
+        let _ = reply.send(Err(why));
+    }
+
+    fn join(&mut self, next: Box<dyn Queued>) -> Result<(), Box<dyn Queued>> {
+        if !(self.op.joins() && next.joins() && next.as_any().is::<Self>()) {
+            return Err(next);
+        }
+        match next.into_any().downcast::<Self>() {
+            Ok(job) => {
+                self.joined.push(*job);
+                Ok(())
+            }
+            // Checked above: `next` is a `Job<O>`.
+            Err(_) => unreachable!("a unit joins only its own kind"),
+        }
+    }
+
+    fn joins(&self) -> bool {
+        self.joined.is_empty() && self.op.joins()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send) {
+        self
     }
 }
 
@@ -144,6 +262,8 @@ struct Progress {
     busy_since_ms: AtomicI64,
     /// Batches committed.
     batches: AtomicU64,
+    /// Operations committed in units of more than one.
+    joined: AtomicU64,
 }
 
 /// Submits writes to the writer task. Cheap to clone.
@@ -170,10 +290,14 @@ impl std::fmt::Debug for Writer {
 
 impl WriterHandle {
     /// Submits an operation; answers once the batch holding it has committed.
-    pub(crate) async fn submit<O: Operation>(&self, op: O) -> Result<O::Output, StoreError> {
+    pub(crate) async fn submit<O: Operation + Sync>(&self, op: O) -> Result<O::Output, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Message::Op(Box::new(Job { op, reply })))
+            .send(Message::Op(Box::new(Job {
+                op,
+                reply,
+                joined: Vec::new(),
+            })))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -203,6 +327,12 @@ impl WriterHandle {
     pub fn batches(&self) -> u64 {
         self.progress.batches.load(Relaxed)
     }
+
+    /// How many operations the writer has committed together with others of their kind
+    /// (in units of more than one).
+    pub fn joined(&self) -> u64 {
+        self.progress.joined.load(Relaxed)
+    }
 }
 
 impl Writer {
@@ -224,13 +354,13 @@ impl Writer {
     /// connection cleanly. What each batch committed goes to `committed`, one message per
     /// transaction.
     pub async fn run(mut self, committed: mpsc::Sender<Effects>) {
-        let limit = match self.conn.dialect() {
+        let most_units = match self.conn.dialect() {
             Dialect::Sqlite => MAX_BATCH,
-            Dialect::Postgres => MAX_BATCH_POSTGRES,
+            Dialect::Postgres => MAX_UNITS_POSTGRES,
         };
-        let mut messages = Vec::with_capacity(limit);
+        let mut messages = Vec::with_capacity(MAX_BATCH);
         let mut closed = None;
-        while closed.is_none() && self.rx.recv_many(&mut messages, limit).await > 0 {
+        while closed.is_none() && self.rx.recv_many(&mut messages, MAX_BATCH).await > 0 {
             let mut batch = Vec::with_capacity(messages.len());
             for message in messages.drain(..) {
                 match message {
@@ -244,20 +374,12 @@ impl Writer {
             if closed.is_some() {
                 self.rx.close();
             }
-            self.progress.busy_since_ms.store(now_ms(), Relaxed);
-            let epoch = self.mark.epoch();
-            let (answers, mut effects) = self.commit(batch).await;
-            self.progress.busy_since_ms.store(0, Relaxed);
-            if let Some(last) = effects.notifications.last() {
-                self.mark.note(last.notification.id);
+            let mut units = into_units(batch);
+            while !units.is_empty() {
+                let rest = units.split_off(units.len().min(most_units));
+                let transaction = std::mem::replace(&mut units, rest);
+                self.commit_and_answer(transaction, &committed).await;
             }
-            if !effects.is_empty() {
-                // The epoch of the commit, unless it changed while the commit ran.
-                effects.epoch = (*self.mark.epoch() == *epoch).then_some(epoch);
-                // Delivery is best effort once stored: if it has stopped, clients catch up.
-                let _ = committed.send(effects).await;
-            }
-            answers.into_iter().for_each(|a| a.send());
         }
         // Refuse whatever raced in after the close.
         while let Ok(message) = self.rx.try_recv() {
@@ -275,7 +397,30 @@ impl Writer {
         }
     }
 
-    /// Applies a batch in one transaction; the answers to send and, if it committed, its
+    /// Commits `units` in one transaction, hands what it committed to `committed`, then
+    /// answers.
+    async fn commit_and_answer(
+        &mut self,
+        units: Vec<Box<dyn Queued>>,
+        committed: &mpsc::Sender<Effects>,
+    ) {
+        self.progress.busy_since_ms.store(now_ms(), Relaxed);
+        let epoch = self.mark.epoch();
+        let (answers, mut effects) = self.commit(units).await;
+        self.progress.busy_since_ms.store(0, Relaxed);
+        if let Some(last) = effects.notifications.last() {
+            self.mark.note(last.notification.id);
+        }
+        if !effects.is_empty() {
+            // The epoch of the commit, unless it changed while the commit ran.
+            effects.epoch = (*self.mark.epoch() == *epoch).then_some(epoch);
+            // Delivery is best effort once stored: if it has stopped, clients catch up.
+            let _ = committed.send(effects).await;
+        }
+        answers.into_iter().for_each(|a| a.send());
+    }
+
+    /// Applies units in one transaction; the answers to send and, if it committed, its
     /// effects.
     async fn commit(&mut self, batch: Vec<Box<dyn Queued>>) -> (Vec<Box<dyn Answer>>, Effects) {
         if batch.is_empty() {
@@ -304,36 +449,33 @@ impl Writer {
         }
         let mut answers: Vec<Box<dyn Answer>> = Vec::with_capacity(batch.len());
         let mut effects = Effects::default();
-        let mut ops = batch.into_iter();
-        while let Some(op) = ops.next() {
-            if let Err(e) = conn.exec("SAVEPOINT op").await {
-                op.unapplied(StoreError::Commit(e.to_string()));
-                return abandon(&mut conn, answers, ops, &e.to_string()).await;
-            }
-            let mut own = Effects::default();
-            let answer = op.apply(&mut conn, &mut own).await;
-            let undo = if answer.is_ok() {
-                conn.exec("RELEASE op").await
-            } else {
-                match conn.exec("ROLLBACK TO op").await {
-                    Ok(()) => conn.exec("RELEASE op").await,
-                    Err(e) => Err(e),
+        let mut joined = 0;
+        let mut units = batch.into_iter();
+        while let Some(unit) = units.next() {
+            let before = answers.len();
+            let apart = match apply_in_savepoint(&mut conn, unit, &mut answers, &mut effects).await
+            {
+                Ok(None) => {
+                    let applied = answers.len() - before;
+                    if applied > 1 {
+                        joined += applied as u64;
+                    }
+                    continue;
                 }
+                Ok(Some(apart)) => apart,
+                Err(e) => return abandon(&mut conn, answers, units, &e).await,
             };
-            let ok = answer.is_ok();
-            answers.push(answer);
-            if let Err(e) = undo {
-                // SQLite may have rolled back the whole transaction by itself (disk full,
-                // I/O error): carrying on would commit later operations one by one while
-                // reporting them failed. Refuse the whole batch instead.
-                return abandon(&mut conn, answers, ops, &e.to_string()).await;
-            }
-            if ok {
-                effects.extend(own);
+            let mut apart = apart.into_iter();
+            while let Some(op) = apart.next() {
+                // Alone, a unit's answers always come back.
+                if let Err(e) = apply_in_savepoint(&mut conn, op, &mut answers, &mut effects).await
+                {
+                    return abandon(&mut conn, answers, apart.chain(units), &e).await;
+                }
             }
         }
         if let Err(e) = feed::announce(&mut conn, &effects).await {
-            return abandon(&mut conn, answers, ops, &e.to_string()).await;
+            return abandon(&mut conn, answers, units, &e.to_string()).await;
         }
         if let Err(e) = conn.exec("COMMIT").await {
             tracing::error!(error = %e, "commit failed; the whole batch is refused");
@@ -343,7 +485,81 @@ impl Writer {
             return (answers, Effects::default());
         }
         self.progress.batches.fetch_add(1, Relaxed);
+        self.progress.joined.fetch_add(joined, Relaxed);
         (answers, effects)
+    }
+}
+
+/// The batch's operations in units: each operation that joins others takes in those of its
+/// kind that follow it.
+fn into_units(batch: Vec<Box<dyn Queued>>) -> Vec<Box<dyn Queued>> {
+    let mut units: Vec<Box<dyn Queued>> = Vec::with_capacity(batch.len());
+    for op in batch {
+        let op = match units.last_mut() {
+            Some(unit) => match unit.join(op) {
+                Ok(()) => continue,
+                Err(op) => op,
+            },
+            None => op,
+        };
+        units.push(op);
+    }
+    units
+}
+
+/// Applies one unit in a savepoint of its own. Its answers go to `answers` and, if it
+/// succeeded, its effects to `effects`; a unit whose operations could not be applied
+/// together comes back to be applied one by one (its savepoint rolled back). An error is
+/// one the batch cannot go on after (the unit's answers are in `answers` by then).
+async fn apply_in_savepoint(
+    conn: &mut Conn<'_>,
+    unit: Box<dyn Queued>,
+    answers: &mut Vec<Box<dyn Answer>>,
+    effects: &mut Effects,
+) -> Result<Option<Vec<Box<dyn Queued>>>, String> {
+    if let Err(e) = conn.exec("SAVEPOINT op").await {
+        unit.unapplied(StoreError::Commit(e.to_string()));
+        return Err(e.to_string());
+    }
+    let mut own = Effects::default();
+    let (ok, apart) = match unit.apply(conn, &mut own).await {
+        Applied::Answers(done) => {
+            let ok = done.iter().all(|a| a.is_ok());
+            answers.extend(done);
+            (ok, None)
+        }
+        Applied::Apart(ops) => (false, Some(ops)),
+    };
+    let undo = if ok {
+        conn.exec("RELEASE op").await
+    } else {
+        match conn.exec("ROLLBACK TO op").await {
+            Ok(()) => conn.exec("RELEASE op").await,
+            Err(e) => Err(e),
+        }
+    };
+    if let Err(e) = undo {
+        // SQLite may have rolled back the whole transaction by itself (disk full, I/O
+        // error): carrying on would commit later operations one by one while reporting
+        // them failed. Refuse the whole batch instead.
+        let why = e.to_string();
+        for op in apart.into_iter().flatten() {
+            op.unapplied(StoreError::Commit(why.clone()));
+        }
+        return Err(why);
+    }
+    if ok {
+        effects.extend(own);
+    }
+    Ok(apart)
+}
+
+/// The same error again, for the other operations of a unit that was not applied.
+fn same_error(why: &StoreError) -> StoreError {
+    match why {
+        StoreError::Closed => StoreError::Closed,
+        StoreError::TooManySubscriptions(n) => StoreError::TooManySubscriptions(*n),
+        other => StoreError::Commit(other.to_string()),
     }
 }
 

@@ -1,10 +1,18 @@
 //! Publishing: stores a notification and its targets (or answers a repeated
 //! idempotency key with the first publish), and hands the notification to delivery.
+//!
+//! The publishes of a batch are stored together ([`Operation::apply_all`]): one statement
+//! inserts all of their notifications (the ids in batch order), one all of their targets,
+//! and, when they carry idempotency keys, one looks the keys up and one stores the new
+//! ones. Each statement reads its rows from one JSON parameter, so its text never changes
+//! and it is prepared once per connection. One by one, a publish costs a statement per
+//! row and a savepoint of its own, each a round trip to the database.
 
 use super::{Effects, Operation, json_text};
 use crate::store::db::{Conn, Dialect, on};
 use crate::store::{Committed, StoreError, now_ms, rows, target_key};
 use belfry_protocol::{Notification, ValidPublish};
+use std::collections::HashMap;
 use std::time::Instant;
 use time::OffsetDateTime;
 
@@ -50,6 +58,30 @@ impl Operation for Publish {
                 targets: self.request.targets,
                 received: self.received,
             });
+        }
+        Ok(published)
+    }
+
+    fn joins(&self) -> bool {
+        true
+    }
+
+    async fn apply_all(
+        ops: &[&Self],
+        conn: &mut Conn<'_>,
+        effects: &mut Effects,
+    ) -> Result<Vec<Published>, StoreError> {
+        let requests: Vec<&ValidPublish> = ops.iter().map(|op| &*op.request).collect();
+        let ttls: Vec<u64> = ops.iter().map(|op| op.ttl_secs).collect();
+        let (published, notifications) = publish_all(conn, &requests, &ttls).await?;
+        for (op, notification) in ops.iter().zip(notifications) {
+            if let Some(notification) = notification {
+                effects.notifications.push(Committed {
+                    notification,
+                    targets: op.request.targets.clone(),
+                    received: op.received,
+                });
+            }
         }
         Ok(published)
     }
@@ -101,8 +133,7 @@ async fn publish(
             return Ok((published, None));
         }
     }
-    let ttl_ms = i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let expires = now.saturating_add(ttl_ms);
+    let expires = expiry(now, ttl_secs);
     let tags = json_text(&req.tags);
     let actions = json_text(&req.actions);
     let data = json_text(&req.data);
@@ -152,6 +183,18 @@ async fn publish(
             .await?;
         });
     }
+    let (published, notification) = stored(req, id, now, expires);
+    Ok((published, Some(notification)))
+}
+
+/// When a publish received at `now` (Unix ms) expires.
+fn expiry(now: i64, ttl_secs: u64) -> i64 {
+    let ttl_ms = i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    now.saturating_add(ttl_ms)
+}
+
+/// A publish stored under `id`, as its publisher and its subscribers see it.
+fn stored(req: &ValidPublish, id: i64, now: i64, expires: i64) -> (Published, Notification) {
     let created_at = rows::from_ms(now);
     let notification = Notification {
         id: u64::try_from(id).unwrap_or(0),
@@ -173,5 +216,371 @@ async fn publish(
         created_at,
         duplicate: false,
     };
-    Ok((published, Some(notification)))
+    (published, notification)
+}
+
+/// One notification's columns after `id`, as the insert of many reads them (a JSON array).
+type NotificationRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    String,
+    Option<&'a str>,
+    String,
+    String,
+    Option<&'a str>,
+    i64,
+    i64,
+);
+
+/// The columns after `id`, read from one element `n.value` of the JSON parameter.
+const NOTIFICATION_COLUMNS: &str = "n.value ->> 0, n.value ->> 1, n.value ->> 2, \
+     CAST(n.value ->> 3 AS BIGINT), n.value ->> 4, n.value ->> 5, n.value ->> 6, \
+     n.value ->> 7, n.value ->> 8, CAST(n.value ->> 9 AS BIGINT), CAST(n.value ->> 10 AS BIGINT)";
+
+/// Stores the notifications in the JSON array `$1` (of [`NotificationRow`]s; on
+/// PostgreSQL `$2` says how many) and returns their ids (on SQLite not in order: sorted, they are the rows' order).
+fn insert_notifications(dialect: Dialect) -> String {
+    match dialect {
+        // One writer, AUTOINCREMENT: the rows take ascending ids in the order inserted.
+        Dialect::Sqlite => format!(
+            "INSERT INTO notifications \
+             (event, title, body, priority, tags, url, actions, data, topic, created_at, \
+              expires_at) \
+             SELECT {NOTIFICATION_COLUMNS} FROM json_each($1) AS n ORDER BY n.key \
+             RETURNING id"
+        ),
+        // The ids are the next $2 of the head, locked until the commit (see `insert_one`).
+        Dialect::Postgres => format!(
+            "WITH head AS (UPDATE notification_head SET id = id + $2 RETURNING id) \
+             INSERT INTO notifications \
+             (id, event, title, body, priority, tags, url, actions, data, topic, created_at, \
+              expires_at) \
+             SELECT head.id - $2 + n.i, {NOTIFICATION_COLUMNS} \
+             FROM head, json_array_elements(CAST($1 AS json)) WITH ORDINALITY AS n(value, i) \
+             RETURNING id"
+        ),
+    }
+}
+
+/// Stores several publishes with a few statements for all of them; the answers and the
+/// new notifications in the publishes' order (`None` for a repeated idempotency key).
+async fn publish_all(
+    conn: &mut Conn<'_>,
+    requests: &[&ValidPublish],
+    ttls: &[u64],
+) -> Result<(Vec<Published>, Vec<Option<Notification>>), sqlx::Error> {
+    let now = now_ms();
+    let dialect = conn.dialect();
+    // Keys stored earlier, and keys of this batch's own earlier publishes.
+    let seen = seen_keys(conn, requests, now).await?;
+    enum Outcome {
+        Repeat(usize),
+        Known(Published),
+        New(usize),
+    }
+    let mut fresh: Vec<usize> = Vec::with_capacity(requests.len());
+    let mut first_of_key: HashMap<&str, usize> = HashMap::new();
+    let outcomes: Vec<Outcome> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, req)| {
+            if let Some(key) = req.idempotency_key.as_deref() {
+                if let Some(&first) = first_of_key.get(key) {
+                    return Outcome::Repeat(first);
+                }
+                if let Some(&first) = seen.get(key) {
+                    return Outcome::Known(first);
+                }
+                first_of_key.insert(key, fresh.len());
+            }
+            fresh.push(i);
+            Outcome::New(fresh.len() - 1)
+        })
+        .collect();
+    let expires: Vec<i64> = fresh.iter().map(|&i| expiry(now, ttls[i])).collect();
+    let mut ids: Vec<i64> = Vec::new();
+    if !fresh.is_empty() {
+        let rows: Vec<NotificationRow<'_>> = fresh
+            .iter()
+            .zip(&expires)
+            .map(|(&i, &expires)| {
+                let req = requests[i];
+                (
+                    req.event.as_str(),
+                    req.title.as_str(),
+                    req.body.as_str(),
+                    i64::from(req.priority.level()),
+                    json_text(&req.tags),
+                    req.url.as_deref(),
+                    json_text(&req.actions),
+                    json_text(&req.data),
+                    req.topic(),
+                    now,
+                    expires,
+                )
+            })
+            .collect();
+        let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let insert = insert_notifications(dialect);
+        ids = on!(conn, c => {
+            let mut query = sqlx::query_scalar(&insert).bind(json_text(&rows));
+            if dialect == Dialect::Postgres {
+                query = query.bind(count);
+            }
+            query.fetch_all(c).await?
+        });
+        if ids.len() != fresh.len() {
+            return Err(sqlx::Error::Protocol(format!(
+                "stored {} notifications of {}",
+                ids.len(),
+                fresh.len()
+            )));
+        }
+        ids.sort_unstable();
+        let targets: Vec<(i64, &str, i64)> = fresh
+            .iter()
+            .zip(&ids)
+            .flat_map(|(&i, &id)| {
+                requests[i].targets.iter().map(move |target| {
+                    let (kind, name) = target_key(target);
+                    (kind, name, id)
+                })
+            })
+            .collect();
+        let insert = format!(
+            "INSERT INTO notification_targets (kind, name, notification_id) \
+             SELECT CAST(t.value ->> 0 AS BIGINT), t.value ->> 1, CAST(t.value ->> 2 AS BIGINT) \
+             FROM {}",
+            dialect.json_values("$1", "t")
+        );
+        on!(conn, c => {
+            sqlx::query(&insert).bind(json_text(&targets)).execute(c).await?;
+        });
+        let keys: Vec<(&str, i64, i64)> = fresh
+            .iter()
+            .zip(&ids)
+            .filter_map(|(&i, &id)| Some((requests[i].idempotency_key.as_deref()?, id, now)))
+            .collect();
+        if !keys.is_empty() {
+            // `WHERE true`: SQLite reads the ON CONFLICT of an INSERT from a SELECT only
+            // after a WHERE.
+            let insert = format!(
+                "INSERT INTO idempotency_keys (key, notification_id, created_at) \
+                 SELECT k.value ->> 0, CAST(k.value ->> 1 AS BIGINT), \
+                        CAST(k.value ->> 2 AS BIGINT) \
+                 FROM {} WHERE true \
+                 ON CONFLICT (key) DO UPDATE \
+                 SET notification_id = excluded.notification_id, created_at = excluded.created_at",
+                dialect.json_values("$1", "k")
+            );
+            on!(conn, c => {
+                sqlx::query(&insert).bind(json_text(&keys)).execute(c).await?;
+            });
+        }
+    }
+    let mut published = Vec::with_capacity(requests.len());
+    let mut notifications = Vec::with_capacity(requests.len());
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Known(first) => {
+                published.push(first);
+                notifications.push(None);
+            }
+            Outcome::Repeat(first) => {
+                published.push(Published {
+                    duplicate: true,
+                    ..stored_answer(ids[first], now)
+                });
+                notifications.push(None);
+            }
+            Outcome::New(k) => {
+                let (answer, notification) = stored(requests[fresh[k]], ids[k], now, expires[k]);
+                published.push(answer);
+                notifications.push(Some(notification));
+            }
+        }
+    }
+    Ok((published, notifications))
+}
+
+/// The answer to a publish stored under `id` at `now`.
+fn stored_answer(id: i64, now: i64) -> Published {
+    Published {
+        id: u64::try_from(id).unwrap_or(0),
+        created_at: rows::from_ms(now),
+        duplicate: false,
+    }
+}
+
+/// The idempotency keys of `requests` stored within the window before `now`, with the
+/// answers they were first given (as repeats).
+async fn seen_keys(
+    conn: &mut Conn<'_>,
+    requests: &[&ValidPublish],
+    now: i64,
+) -> Result<HashMap<String, Published>, sqlx::Error> {
+    let keys: Vec<&str> = requests
+        .iter()
+        .filter_map(|req| req.idempotency_key.as_deref())
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let select = format!(
+        "SELECT key, notification_id, created_at FROM idempotency_keys \
+         WHERE created_at > $2 AND key IN (SELECT k.value FROM {})",
+        conn.dialect().json_texts("$1", "k")
+    );
+    let found: Vec<(String, i64, i64)> = on!(conn, c => {
+        sqlx::query_as(&select)
+            .bind(json_text(&keys))
+            .bind(now - IDEMPOTENCY_WINDOW_MS)
+            .fetch_all(c)
+            .await?
+    });
+    Ok(found
+        .into_iter()
+        .map(|(key, id, created)| {
+            let first = Published {
+                id: u64::try_from(id).unwrap_or(0),
+                created_at: rows::from_ms(created),
+                duplicate: true,
+            };
+            (key, first)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, Viewer};
+    use belfry_protocol::PublishRequest;
+    use futures_util::future::join_all;
+
+    fn publish(to: &[&str], title: &str, key: Option<&str>) -> Publish {
+        let req = PublishRequest {
+            to: Some(to.iter().map(|t| (*t).to_owned()).collect()),
+            title: Some(title.to_owned()),
+            idempotency_key: key.map(str::to_owned),
+            ..PublishRequest::default()
+        };
+        Publish {
+            request: Box::new(req.validate().expect("valid publish")),
+            ttl_secs: 3_600,
+            received: Instant::now(),
+        }
+    }
+
+    /// The titles `user` sees, in id order.
+    async fn titles(store: &Store, user: &str) -> Vec<String> {
+        let viewer = Viewer {
+            user: user.to_owned(),
+            topics: Vec::new(),
+        };
+        let page = store.page(&viewer, 0, 500).await.expect("page");
+        page.notifications.into_iter().map(|n| n.title).collect()
+    }
+
+    /// Everything submitted before the writer runs (a current-thread runtime) is one batch,
+    /// so these publishes are one unit: stored with one insert each for notifications,
+    /// targets and keys.
+    async fn submit_together(store: &Store, ops: Vec<Publish>) -> Vec<Result<Published, String>> {
+        let writer = store.writer();
+        join_all(ops.into_iter().map(|op| writer.submit(op)))
+            .await
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn publishes_stored_together_keep_their_order_targets_and_keys() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _feed) = Store::open(dir.path(), None).await.expect("store");
+        let earlier = submit_together(&store, vec![publish(&["user:ann"], "old", Some("k0"))])
+            .await
+            .remove(0)
+            .expect("stored");
+        let batches = store.writer().batches();
+        let answers = submit_together(
+            &store,
+            vec![
+                publish(&["user:ann"], "a1", Some("k1")),
+                publish(&["user:bob", "user:ann"], "both", None),
+                publish(&["user:ann"], "a1 again", Some("k1")),
+                publish(&["user:bob"], "b1", None),
+                publish(&["user:ann"], "old again", Some("k0")),
+                publish(&["user:ann"], "a2", Some("k2")),
+            ],
+        )
+        .await;
+        assert_eq!(store.writer().batches(), batches + 1, "one batch");
+        assert_eq!(store.writer().joined(), 6, "stored together");
+        let answers: Vec<Published> = answers.into_iter().map(|a| a.expect("ok")).collect();
+        let ids: Vec<u64> = answers.iter().map(|a| a.id).collect();
+        let first = earlier.id + 1;
+        // New ones take the next ids in batch order; repeats answer with the first.
+        assert_eq!(
+            ids,
+            [first, first + 1, first, first + 2, earlier.id, first + 3]
+        );
+        let duplicates: Vec<bool> = answers.iter().map(|a| a.duplicate).collect();
+        assert_eq!(duplicates, [false, false, true, false, true, false]);
+        assert_eq!(answers[4].created_at, earlier.created_at);
+        assert_eq!(titles(&store, "ann").await, ["old", "a1", "both", "a2"]);
+        assert_eq!(titles(&store, "bob").await, ["both", "b1"]);
+        // The keys stored together are kept: repeated later, alone, they find the first.
+        let again = submit_together(&store, vec![publish(&["user:ann"], "x", Some("k2"))])
+            .await
+            .remove(0)
+            .expect("stored");
+        assert_eq!((again.id, again.duplicate), (first + 3, true));
+        assert_eq!(store.head().await.expect("head"), first + 3);
+    }
+
+    #[tokio::test]
+    async fn a_publish_that_fails_in_a_unit_fails_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _feed) = Store::open(dir.path(), None).await.expect("store");
+        // Fails whichever way the publish is inserted: alone or with the others.
+        sqlx::query(
+            "CREATE TRIGGER poison BEFORE INSERT ON notifications WHEN NEW.title = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        )
+        .execute(store.sqlite_pool())
+        .await
+        .expect("trigger");
+        let answers = submit_together(
+            &store,
+            vec![
+                publish(&["user:cy"], "before", Some("k1")),
+                publish(&["user:cy"], "poison", Some("k2")),
+                publish(&["user:cy"], "after", None),
+            ],
+        )
+        .await;
+        assert!(
+            answers[1].as_ref().is_err_and(|e| e.contains("poisoned")),
+            "{answers:?}"
+        );
+        let ids: Vec<u64> = [&answers[0], &answers[2]]
+            .iter()
+            .map(|a| a.as_ref().expect("stored").id)
+            .collect();
+        assert_eq!(ids, [1, 2], "ids stay dense");
+        assert_eq!(titles(&store, "cy").await, ["before", "after"]);
+        // The failed publish's key was not kept: a retry is stored.
+        sqlx::query("DROP TRIGGER poison")
+            .execute(store.sqlite_pool())
+            .await
+            .expect("drop trigger");
+        let retry = submit_together(&store, vec![publish(&["user:cy"], "fixed", Some("k2"))])
+            .await
+            .remove(0)
+            .expect("stored");
+        assert_eq!((retry.id, retry.duplicate), (3, false));
+    }
 }
