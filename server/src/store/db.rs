@@ -52,18 +52,22 @@ impl Dialect {
         match self {
             Dialect::Sqlite => format!("json_each({json}) AS {alias}"),
             Dialect::Postgres => {
-                format!("json_array_elements_text(CAST({json} AS json)) AS {alias}(value)")
+                format!("jsonb_array_elements_text(CAST({json} AS jsonb)) AS {alias}(value)")
             }
         }
     }
 
     /// A table `alias` with one column `value`: the elements of the JSON array in `json`,
     /// as JSON (objects are read with `value ->> 'key'`, which both dialects understand).
+    /// PostgreSQL parses the array once, as `jsonb`: each `->>` then reads the parsed
+    /// element (on `json` every one parses its element's text again). Nested arrays and
+    /// objects read with `->>` come back in `jsonb`'s form, so values that must keep their
+    /// exact text go in as strings.
     pub(crate) fn json_values(self, json: &str, alias: &str) -> String {
         match self {
             Dialect::Sqlite => format!("json_each({json}) AS {alias}"),
             Dialect::Postgres => {
-                format!("json_array_elements(CAST({json} AS json)) AS {alias}(value)")
+                format!("jsonb_array_elements(CAST({json} AS jsonb)) AS {alias}(value)")
             }
         }
     }

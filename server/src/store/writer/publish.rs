@@ -251,14 +251,15 @@ fn insert_notifications(dialect: Dialect) -> String {
              SELECT {NOTIFICATION_COLUMNS} FROM json_each($1) AS n ORDER BY n.key \
              RETURNING id"
         ),
-        // The ids are the next $2 of the head, locked until the commit (see `insert_one`).
+        // The ids are the next $2 of the head, locked until the commit. The array is parsed
+        // once, as jsonb (see `Dialect::json_values`).
         Dialect::Postgres => format!(
             "WITH head AS (UPDATE notification_head SET id = id + $2 RETURNING id) \
              INSERT INTO notifications \
              (id, event, title, body, priority, tags, url, actions, data, topic, created_at, \
               expires_at) \
              SELECT head.id - $2 + n.i, {NOTIFICATION_COLUMNS} \
-             FROM head, json_array_elements(CAST($1 AS json)) WITH ORDINALITY AS n(value, i) \
+             FROM head, jsonb_array_elements(CAST($1 AS jsonb)) WITH ORDINALITY AS n(value, i) \
              RETURNING id"
         ),
     }
