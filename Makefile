@@ -56,8 +56,9 @@ bench-quick: setup-test
 	$(CARGO_TARGET_DIR)/debug/belfry-bench all --quick --out $(CARGO_TARGET_DIR)/bench-quick
 	$(CARGO_TARGET_DIR)/debug/belfry-bench soak --quick
 
-## bench: the full benchmark suite against the release hub and the Node peer; rewrites
-## docs/BENCHMARKS.md and its charts (docs/bench/)
+## bench: the full benchmark suite against the release hub (on SQLite, on PostgreSQL, and
+## three nodes on PostgreSQL and Redis) and the Node peer; rewrites docs/BENCHMARKS.md and
+## its charts (docs/bench/)
 bench: setup-test
 	$(CARGO) build --release -p belfry-server -p belfry-bench -p belfry-desktop -p belfry-empty-tray
 	$(CARGO_TARGET_DIR)/release/belfry-bench all --out docs

@@ -63,7 +63,9 @@ enum Command {
 
 #[derive(clap::Args, Debug, Clone)]
 struct Common {
-    /// Systems to start and measure, in order: belfry, node.
+    /// Systems to start and measure, in order: belfry (one hub on SQLite), node (the
+    /// Node.js peer), belfry-pg (one hub on PostgreSQL), belfry-xN (N hub nodes on one
+    /// PostgreSQL and one Redis).
     #[arg(long, value_delimiter = ',', default_value = "belfry")]
     against: Vec<String>,
     /// A hub already running (`http://host:port`) instead of starting one.
@@ -96,6 +98,9 @@ struct Common {
     /// Missed notifications (catchup).
     #[arg(long)]
     count: Option<usize>,
+    /// Publishers in flight at once at saturation (targeted).
+    #[arg(long)]
+    publishers: Option<usize>,
 }
 
 /// Every scenario's sizes.
@@ -104,6 +109,8 @@ struct Sizes {
     connect: usize,
     fanout: scenarios::fanout::Fanout,
     targeted: scenarios::targeted::Targeted,
+    /// The targeted rates on PostgreSQL and several nodes.
+    shared_rates: Vec<u32>,
     catchup: usize,
     storm: usize,
     storm_limit: Duration,
@@ -131,6 +138,7 @@ impl Sizes {
                     duration: Duration::from_secs(2),
                     concurrency: 8,
                 },
+                shared_rates: vec![200],
                 catchup: 500,
                 storm: 300,
                 storm_limit: Duration::from_secs(30),
@@ -160,6 +168,7 @@ impl Sizes {
                     duration: Duration::from_secs(20),
                     concurrency: 64,
                 },
+                shared_rates: vec![2_000],
                 catchup: 10_000,
                 storm: 10_000,
                 storm_limit: Duration::from_secs(60),
@@ -182,12 +191,16 @@ impl Sizes {
         }
         if let Some(rates) = &c.rates {
             s.targeted.rates.clone_from(rates);
+            s.shared_rates.clone_from(rates);
         }
         if let Some(d) = c.duration {
             s.targeted.duration = d;
         }
         if let Some(n) = c.count {
             s.catchup = n;
+        }
+        if let Some(n) = c.publishers {
+            s.targeted.concurrency = n.max(1);
         }
         s
     }
@@ -205,10 +218,29 @@ fn kinds(c: &Common) -> anyhow::Result<Vec<Kind>> {
         .iter()
         .map(|a| match a.as_str() {
             "belfry" => Ok(Kind::Belfry),
+            "belfry-pg" => Ok(Kind::BelfryPostgres),
             "node" => Ok(Kind::Node),
-            other => anyhow::bail!("unknown system {other:?} (belfry or node)"),
+            other => match other.strip_prefix("belfry-x").map(str::parse::<usize>) {
+                Some(Ok(n)) if n >= 1 => Ok(Kind::Cluster(n)),
+                _ => anyhow::bail!(
+                    "unknown system {other:?} (belfry, belfry-pg, belfry-xN for N nodes, node)"
+                ),
+            },
         })
         .collect()
+}
+
+/// Whether `scenario` is measured on `kind`: the tray app speaks to a Belfry hub only
+/// (nothing to compare it with here); PostgreSQL and several nodes are measured where
+/// they differ from one node on SQLite: publishing, fan-out, connects, catch-up.
+fn runs(kind: &Kind, scenario: &str) -> bool {
+    match kind {
+        Kind::Belfry => true,
+        Kind::Node | Kind::External { .. } => scenario != "desktop",
+        Kind::BelfryPostgres | Kind::Cluster(_) => {
+            matches!(scenario, "connect" | "fanout" | "targeted" | "catchup")
+        }
+    }
 }
 
 /// The scenarios, in report order.
@@ -223,8 +255,7 @@ async fn one(
     sizes: &Sizes,
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
-    if scenario == "desktop" && !matches!(kind, Kind::Belfry) {
-        // The tray app speaks to a Belfry hub only; nothing to compare it with here.
+    if !runs(kind, scenario) {
         return Ok(());
     }
     let signer = Signer::new(&c.secret);
@@ -234,7 +265,13 @@ async fn one(
         "idle" => scenarios::idle::run(&system, &signer, &sizes.idle, out).await,
         "connect" => scenarios::connect::run(&system, &signer, sizes.connect, out).await,
         "fanout" => scenarios::fanout::run(&system, &signer, &sizes.fanout, out).await,
-        "targeted" => scenarios::targeted::run(&system, &signer, &sizes.targeted, out).await,
+        "targeted" => {
+            let mut targeted = sizes.targeted.clone();
+            if matches!(kind, Kind::BelfryPostgres | Kind::Cluster(_)) {
+                targeted.rates.clone_from(&sizes.shared_rates);
+            }
+            scenarios::targeted::run(&system, &signer, &targeted, out).await
+        }
         "catchup" => scenarios::catchup::run(&system, &signer, sizes.catchup, out).await,
         "storm" => {
             let (n, limit) = (sizes.storm, sizes.storm_limit);
@@ -255,7 +292,7 @@ async fn run(scenarios: &[&str], c: &Common) -> anyhow::Result<(Results, Vec<Str
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
     for kind in kinds(c)? {
-        let mut out = Outcome::new(kind.name());
+        let mut out = Outcome::new(&kind.name());
         for scenario in scenarios {
             // One scenario failing against one system is reported; the rest still run.
             if let Err(e) = one(scenario, &kind, c, &sizes, &mut out).await {
@@ -331,6 +368,11 @@ fn machine() -> Vec<String> {
         format!("Open files per process: at most {files} (hard limit)"),
         format!("Node.js {} for the peer", command_line("node", &["--version"])),
         "Belfry: the release build, its embedded SQLite store (WAL, synchronous=FULL) on this machine's disk".into(),
+        format!(
+            "Belfry on PostgreSQL: PostgreSQL {} started by the bench on loopback, with its durable defaults (fsync, synchronous_commit on); several nodes share it and one redis-server {} (TLS)",
+            command_line("sh", &["-c", "ls /usr/lib/postgresql | sort -n | tail -1"]),
+            command_line("sh", &["-c", "redis-server --version | sed 's/.*v=\\([^ ]*\\).*/\\1/'"]),
+        ),
     ]
 }
 
@@ -339,7 +381,9 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Command::All { mut common, out } => {
             if common.target.is_none() && common.against == ["belfry"] {
-                common.against = vec!["belfry".into(), "node".into()];
+                common.against = ["belfry", "node", "belfry-pg", "belfry-x3"]
+                    .map(String::from)
+                    .to_vec();
             }
             let (results, failures) = run(&ALL, &common).await?;
             write_report(&results, &out)?;
@@ -460,68 +504,106 @@ fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> 
             scenario: "desktop",
         },
     ];
+    const PG: &str = "Belfry on PostgreSQL";
     let targets = [
-        Target {
-            what: "at most 10 KB of hub memory per idle connection",
-            scenario: "idle",
-            metric: "memory per idle connection (slope)",
-            limit: 10.0,
-        },
-        Target {
-            what: "100,000 connections held",
-            scenario: "idle",
-            metric: "connections held",
-            limit: 100_000.0,
-        },
-        Target {
-            what: "at least 5,000 connects per second",
-            scenario: "connect",
-            metric: "connects per second (10000 at once)",
-            limit: 5_000.0,
-        },
-        Target {
-            what: "a 10K fan-out fully delivered in under 100 ms",
-            scenario: "fanout",
-            metric: "one publish: time until all 10000 have it (median of 5)",
-            limit: 100.0,
-        },
-        Target {
-            what: "targeted p99 under 20 ms at 5,000 publishes/s, durably stored",
-            scenario: "targeted",
-            metric: "5000/s: p99 latency",
-            limit: 20.0,
-        },
-        Target {
-            what: "10,000 missed notifications caught up in under 1 s",
-            scenario: "catchup",
-            metric: "time until all 10000 missed are held",
-            limit: 1_000.0,
-        },
-        Target {
-            what: "all 10K clients back within 10 s of a restart",
-            scenario: "storm",
-            metric: "time until all 10000 are back and caught up",
-            limit: 10_000.0,
-        },
-        Target {
-            what: "desktop tray app idle within 10 % of an empty Tauri 2 tray app",
-            scenario: "desktop",
-            metric: "idle RSS over the empty tray app",
-            limit: 10.0,
-        },
-        Target {
-            what: "desktop tray app uses no CPU at rest, window closed (under 0.5 % of a core)",
-            scenario: "desktop",
-            metric: "window closed: CPU at rest",
-            limit: 0.5,
-        },
-        Target {
-            what: "desktop tray app private memory flat as its history grows to 10,000 (under 5 %)",
-            scenario: "desktop",
-            // The history starts with the 100 timed notifications and the first one.
-            metric: "private memory growth, history 101 to 10000",
-            limit: 5.0,
-        },
+        Target::limit(
+            "at most 8 KB of hub memory per idle connection, and at most half the peer's",
+            "idle",
+            "memory per idle connection (slope)",
+            8.0,
+        )
+        .and_peer(0.5),
+        Target::limit(
+            "100,000 connections held",
+            "idle",
+            "connections held",
+            100_000.0,
+        ),
+        Target::limit(
+            "at least 5,000 connects per second, and twice the peer's",
+            "connect",
+            "connects per second (10000 at once)",
+            5_000.0,
+        )
+        .and_peer(2.0),
+        Target::versus_peer(
+            "connects with one missed notification each: twice the peer's rate",
+            "connect",
+            "connects per second, 1 missed each (10000 at once)",
+            2.0,
+        ),
+        Target::limit(
+            "one publish to 10,000: all hold it in under 60 ms, and in half the peer's time",
+            "fanout",
+            "one publish: time until all 10000 have it (median of 5)",
+            60.0,
+        )
+        .and_peer(0.5),
+        Target::limit(
+            "targeted p99 under 20 ms at 5,000 durable publishes/s, and half the peer's",
+            "targeted",
+            "5000/s: p99 latency",
+            20.0,
+        )
+        .and_peer(0.5),
+        Target::versus_peer(
+            "targeted p99 at 1,000/s at most half the peer's",
+            "targeted",
+            "1000/s: p99 latency",
+            0.5,
+        ),
+        Target::limit(
+            "at least 15,000 durable publishes/s on SQLite at saturation",
+            "targeted",
+            "saturation: accepted publishes per second",
+            15_000.0,
+        ),
+        Target::limit(
+            "10,000 missed notifications caught up in under 1 s, and no slower than the peer",
+            "catchup",
+            "time until all 10000 missed are held",
+            1_000.0,
+        )
+        .and_peer(1.0),
+        Target::limit(
+            "PostgreSQL, one node: at least 10,000 durable publishes/s",
+            "targeted",
+            "saturation: accepted publishes per second",
+            10_000.0,
+        )
+        .on(PG),
+        Target::limit(
+            "PostgreSQL, one node: targeted p99 under 20 ms at 2,000/s",
+            "targeted",
+            "2000/s: p99 latency",
+            20.0,
+        )
+        .on(PG),
+        Target::limit(
+            "all 10K clients back within 10 s of a restart",
+            "storm",
+            "time until all 10000 are back and caught up",
+            10_000.0,
+        ),
+        Target::limit(
+            "desktop tray app idle within 10 % of an empty Tauri 2 tray app",
+            "desktop",
+            "idle RSS over the empty tray app",
+            10.0,
+        ),
+        Target::limit(
+            "desktop tray app uses no CPU at rest, window closed (under 0.5 % of a core)",
+            "desktop",
+            "window closed: CPU at rest",
+            0.5,
+        ),
+        // The history starts with the 100 timed notifications and the first one.
+        Target::limit(
+            "desktop tray app private memory flat as its history grows to 10,000 (under 5 %)",
+            "desktop",
+            "private memory growth, history 101 to 10000",
+            5.0,
+        ),
     ];
     let notes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/NOTES.md"))
         .unwrap_or_default();

@@ -1,11 +1,14 @@
 //! The systems a scenario runs against: the Belfry hub (the `belfry-server` binary beside
-//! this one, on its embedded SQLite store in a fresh directory), the Node.js reference
-//! peer (`bench/peer-node`, socket.io 4 the way the tutorials write it), or a hub already
+//! this one, on its embedded SQLite store in a fresh directory), one hub on PostgreSQL,
+//! several hub nodes on one PostgreSQL and one Redis, the Node.js reference peer
+//! (`bench/peer-node`, socket.io 4 the way the tutorials write it), or a hub already
 //! running somewhere (`--target URL`). Each is started on loopback, measured through
-//! /proc, killed and restarted the same way.
+//! /proc (a system of several nodes: their sum), killed and restarted the same way. The
+//! PostgreSQL server is the bench's own, with PostgreSQL's durable defaults (every commit
+//! fsynced before it is answered).
 
 use anyhow::{Context, bail};
-use belfry_testkit::{Hub, KEY, Publisher, free_port};
+use belfry_testkit::{Hub, KEY, Postgres, Publisher, Redis, free_port};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -18,6 +21,11 @@ use tokio::process::{Child, Command};
 pub enum Kind {
     /// The Belfry hub, started here.
     Belfry,
+    /// One Belfry hub on PostgreSQL, started here.
+    BelfryPostgres,
+    /// Several Belfry hub nodes on one PostgreSQL and one Redis, started here; clients
+    /// spread over them, publishes go to the first.
+    Cluster(usize),
     /// The Node.js socket.io peer, started here.
     Node,
     /// A hub already running at this URL (`http://host:port`), with the publish key.
@@ -26,12 +34,19 @@ pub enum Kind {
 
 impl Kind {
     /// A short name for tables.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> String {
         match self {
-            Kind::Belfry => "Belfry",
-            Kind::Node => "Node socket.io",
-            Kind::External { url, .. } => url,
+            Kind::Belfry => "Belfry".into(),
+            Kind::BelfryPostgres => "Belfry on PostgreSQL".into(),
+            Kind::Cluster(n) => format!("Belfry, {n} nodes"),
+            Kind::Node => "Node socket.io".into(),
+            Kind::External { url, .. } => url.clone(),
         }
+    }
+
+    /// Whether it is Belfry started here (on any store, with any number of nodes).
+    pub fn is_belfry(&self) -> bool {
+        matches!(self, Kind::Belfry | Kind::BelfryPostgres | Kind::Cluster(_))
     }
 
     /// Whether it keeps what it accepted across a restart (the peer's queue is memory).
@@ -46,6 +61,8 @@ pub struct System {
     /// Which one.
     pub kind: Kind,
     addr: SocketAddr,
+    /// Every node's address (one but for a cluster).
+    addrs: Vec<SocketAddr>,
     url: String,
     key: String,
     run: Run,
@@ -53,9 +70,19 @@ pub struct System {
 
 #[derive(Debug)]
 enum Run {
-    Belfry { hub: Hub, dir: PathBuf },
-    Node { child: Option<Child>, port: u16 },
-    External { pid: Option<u32> },
+    Belfry {
+        hubs: Vec<Hub>,
+        dir: PathBuf,
+        /// The shared store and fan-out, when not SQLite.
+        services: Option<Box<(Postgres, Option<Redis>)>>,
+    },
+    Node {
+        child: Option<Child>,
+        port: u16,
+    },
+    External {
+        pid: Option<u32>,
+    },
 }
 
 /// The Belfry hub's settings for benchmarks: its defaults, but for the per-key publish
@@ -77,20 +104,51 @@ impl System {
     /// lets its memory be read).
     pub async fn start(kind: Kind, pid: Option<u32>) -> anyhow::Result<System> {
         match kind {
-            Kind::Belfry => {
+            Kind::Belfry | Kind::BelfryPostgres | Kind::Cluster(_) => {
                 let dir = std::env::temp_dir().join(format!(
                     "belfry-bench-{}-{}",
                     std::process::id(),
                     free_port()
                 ));
                 std::fs::create_dir_all(&dir)?;
-                let hub = Hub::start_with(&dir, free_port(), BELFRY_ARGS).await;
+                let nodes = match kind {
+                    Kind::Cluster(n) => n.max(1),
+                    _ => 1,
+                };
+                let services = match kind {
+                    Kind::Belfry => None,
+                    Kind::BelfryPostgres => Some(Box::new((Postgres::start_durable().await, None))),
+                    _ => Some(Box::new((
+                        Postgres::start_durable().await,
+                        Some(Redis::start().await),
+                    ))),
+                };
+                let mut args: Vec<String> = BELFRY_ARGS.iter().map(|a| (*a).to_owned()).collect();
+                if let Some((postgres, redis)) = services.as_deref() {
+                    args.extend(["--database-url".into(), postgres.database().await]);
+                    if let Some(redis) = redis {
+                        args.extend(["--redis-url".into(), redis.url()]);
+                    }
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mut hubs = Vec::with_capacity(nodes);
+                for node in 0..nodes {
+                    let data = dir.join(format!("node-{node}"));
+                    std::fs::create_dir_all(&data)?;
+                    hubs.push(Hub::start_with(&data, free_port(), &args).await);
+                }
+                let addrs: Vec<SocketAddr> = hubs.iter().map(Hub::addr).collect();
                 Ok(System {
-                    addr: hub.addr(),
-                    url: format!("http://{}", hub.addr()),
+                    addr: addrs[0],
+                    url: format!("http://{}", addrs[0]),
+                    addrs,
                     key: KEY.to_owned(),
                     kind,
-                    run: Run::Belfry { hub, dir },
+                    run: Run::Belfry {
+                        hubs,
+                        dir,
+                        services,
+                    },
                 })
             }
             Kind::Node => {
@@ -99,6 +157,7 @@ impl System {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 Ok(System {
                     addr,
+                    addrs: vec![addr],
                     url: format!("http://{addr}"),
                     key: KEY.to_owned(),
                     kind,
@@ -120,6 +179,7 @@ impl System {
                     .with_context(|| format!("no address for {hostport}"))?;
                 Ok(System {
                     addr,
+                    addrs: vec![addr],
                     url: url.trim_end_matches('/').to_owned(),
                     key: key.clone(),
                     kind,
@@ -129,28 +189,38 @@ impl System {
         }
     }
 
-    /// Where clients connect.
+    /// Where clients connect (a cluster's first node).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Its process, while it runs here (or as given for an external one).
-    pub fn pid(&self) -> Option<u32> {
+    /// Every node's address, in order (one but for a cluster).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Its processes, while they run here (or as given for an external one).
+    pub fn pids(&self) -> Vec<u32> {
         match &self.run {
-            Run::Belfry { hub, .. } => hub.pid(),
-            Run::Node { child, .. } => child.as_ref().and_then(Child::id),
-            Run::External { pid } => *pid,
+            Run::Belfry { hubs, .. } => hubs.iter().filter_map(Hub::pid).collect(),
+            Run::Node { child, .. } => child.as_ref().and_then(Child::id).into_iter().collect(),
+            Run::External { pid } => pid.iter().copied().collect(),
         }
     }
 
-    /// Its resident memory in KiB, when known.
+    /// Its resident memory in KiB (every node's together), when known.
     pub fn rss_kib(&self) -> Option<u64> {
-        crate::procfs::rss_kib(self.pid()?)
+        let pids = self.pids();
+        let each: Option<Vec<u64>> = pids.iter().map(|&p| crate::procfs::rss_kib(p)).collect();
+        each.filter(|e| !e.is_empty()).map(|e| e.iter().sum())
     }
 
-    /// Its CPU time so far, when known.
+    /// Its CPU time so far (every node's together), when known.
     pub fn cpu_time(&self) -> Option<Duration> {
-        crate::procfs::cpu_time(self.pid()?)
+        let pids = self.pids();
+        let each: Option<Vec<Duration>> =
+            pids.iter().map(|&p| crate::procfs::cpu_time(p)).collect();
+        each.filter(|e| !e.is_empty()).map(|e| e.iter().sum())
     }
 
     /// A publisher over HTTP.
@@ -161,7 +231,11 @@ impl System {
     /// SIGKILL only (the restart comes separately, to time the outage).
     pub async fn kill(&mut self) {
         match &mut self.run {
-            Run::Belfry { hub, .. } => hub.kill().await,
+            Run::Belfry { hubs, .. } => {
+                for hub in hubs {
+                    hub.kill().await;
+                }
+            }
             Run::Node { child, .. } => {
                 if let Some(mut c) = child.take() {
                     let _ = c.start_kill();
@@ -175,7 +249,11 @@ impl System {
     /// Starts it again after [`System::kill`].
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         match &mut self.run {
-            Run::Belfry { hub, .. } => hub.restart().await,
+            Run::Belfry { hubs, .. } => {
+                for hub in hubs {
+                    hub.restart().await;
+                }
+            }
             Run::Node { child, port } => *child = Some(start_node(*port).await?),
             Run::External { .. } => bail!("an external hub cannot be restarted from here"),
         }
@@ -185,9 +263,21 @@ impl System {
     /// Stops it and removes its store.
     pub async fn stop(mut self) {
         match &mut self.run {
-            Run::Belfry { hub, dir } => {
-                if hub.pid().is_some() {
-                    hub.terminate().await;
+            Run::Belfry {
+                hubs,
+                dir,
+                services,
+            } => {
+                for hub in hubs {
+                    if hub.pid().is_some() {
+                        hub.terminate().await;
+                    }
+                }
+                if let Some((mut postgres, redis)) = services.take().map(|s| *s) {
+                    if let Some(mut redis) = redis {
+                        redis.stop().await;
+                    }
+                    postgres.stop().await;
                 }
                 let _ = std::fs::remove_dir_all(dir);
             }

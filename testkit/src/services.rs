@@ -22,6 +22,8 @@ pub struct Postgres {
     dir: PathBuf,
     _reaper: (Child, ChildStdin),
     databases: std::sync::atomic::AtomicU32,
+    /// Whether a commit waits for its fsync (for benchmarks; tests run without).
+    durable: bool,
 }
 
 /// The directory of PostgreSQL's server programs (`initdb`, `postgres`).
@@ -94,8 +96,19 @@ async fn stop_guarded(child: &mut Option<(Child, ChildStdin)>) {
 }
 
 impl Postgres {
-    /// Creates a cluster in a temp dir and starts it on a free port.
+    /// Creates a cluster in a temp dir and starts it on a free port, without fsync
+    /// (scratch data for tests).
     pub async fn start() -> Postgres {
+        Self::start_with(false).await
+    }
+
+    /// The same, but each commit is on disk before it is answered (fsync and
+    /// synchronous_commit on, PostgreSQL's defaults): for benchmarks.
+    pub async fn start_durable() -> Postgres {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(durable: bool) -> Postgres {
         let dir = tempfile::tempdir().unwrap().keep();
         let data = dir.join("data");
         std::fs::create_dir(&data).unwrap();
@@ -149,6 +162,7 @@ impl Postgres {
             dir,
             _reaper: reaper,
             databases: std::sync::atomic::AtomicU32::new(0),
+            durable,
         };
         server.resume().await;
         server
@@ -176,9 +190,11 @@ impl Postgres {
             .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "unix_socket_directories="])
-            // Scratch data: a machine crash is not what these tests are about.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "max_connections=200", "-c", "ssl=on"]);
+        if !self.durable {
+            // Scratch data: a machine crash is not what these tests are about.
+            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
+        }
         self.child = Some(spawn_guarded(cmd));
         let url = self.url("postgres");
         let deadline = tokio::time::Instant::now() + WAIT;

@@ -47,10 +47,42 @@ pub async fn publish_many(
     Ok(())
 }
 
+/// Publishes `each` notifications to every one of `targets` (`user:<name>`), with
+/// `workers` publishers at once; fails on the first refusal.
+pub async fn publish_many_each(
+    publisher: &Publisher,
+    targets: &[String],
+    each: usize,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let targets: Arc<Vec<String>> = Arc::new(targets.to_vec());
+    let total = targets.len() * each;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut running = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (p, next, targets) = (publisher.clone(), next.clone(), targets.clone());
+        running.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Relaxed);
+                if i >= total {
+                    return Ok::<_, String>(());
+                }
+                let to = &targets[i % targets.len()];
+                p.try_publish(serde_json::json!({"to": [to], "title": format!("missed {i}")}))
+                    .await?;
+            }
+        });
+    }
+    while let Some(r) = running.join_next().await {
+        r?.map_err(|e| anyhow::anyhow!("publish refused: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Subscribers to add to a pool: `devices` per user, spread over loopback source
-/// addresses, each from cursor 0.
+/// addresses (and over the nodes of a system of several, in turn), each from cursor 0.
 pub struct Fleet {
-    hub: SocketAddr,
+    hubs: Vec<SocketAddr>,
     tokens: Vec<String>,
     devices: usize,
     sources: Vec<IpAddr>,
@@ -69,7 +101,7 @@ impl Fleet {
         most: usize,
     ) -> Fleet {
         Fleet {
-            hub: system.addr(),
+            hubs: system.addrs().to_vec(),
             tokens: (0..users)
                 .map(|u| signer.token(&format!("{prefix}{u}")))
                 .collect(),
@@ -84,7 +116,7 @@ impl Fleet {
         (from..to)
             .map(|i| {
                 let target = Target {
-                    hub: self.hub,
+                    hub: self.hubs[i % self.hubs.len()],
                     token: self.tokens[(i / self.devices) % self.tokens.len()].clone(),
                     source: Some(self.sources[i % self.sources.len()]),
                 };

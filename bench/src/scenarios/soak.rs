@@ -42,7 +42,7 @@ pub async fn run(mut args: SoakArgs) -> anyhow::Result<()> {
     }
     room_for(args.connections)?;
     let hub = System::start(Kind::Belfry, None).await?;
-    let pid = hub.pid().context("hub pid")?;
+    let pid = *hub.pids().first().context("hub pid")?;
     let users = args.connections.div_ceil(2);
     let fleet = Fleet::new(
         &hub,

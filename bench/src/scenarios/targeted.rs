@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Sizes.
+#[derive(Debug, Clone)]
 pub struct Targeted {
     /// Subscribers, one per user.
     pub subscribers: usize,
