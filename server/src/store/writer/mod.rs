@@ -378,7 +378,11 @@ impl Writer {
             while !units.is_empty() {
                 let rest = units.split_off(units.len().min(most_units));
                 let transaction = std::mem::replace(&mut units, rest);
-                self.commit_and_answer(transaction, &committed).await;
+                let left = self
+                    .commit_and_answer(transaction, most_units, &committed)
+                    .await;
+                // What did not fit in that transaction goes first in the next.
+                units.splice(0..0, left);
             }
         }
         // Refuse whatever raced in after the close.
@@ -397,16 +401,19 @@ impl Writer {
         }
     }
 
-    /// Commits `units` in one transaction, hands what it committed to `committed`, then
-    /// answers.
+    /// Commits `units` in one transaction of at most `savepoints` savepoints, hands what
+    /// it committed to `committed`, then answers. Returns the operations that did not fit
+    /// (a unit that fell apart needs a savepoint for each of its operations).
     async fn commit_and_answer(
         &mut self,
         units: Vec<Box<dyn Queued>>,
+        savepoints: usize,
         committed: &mpsc::Sender<Effects>,
-    ) {
+    ) -> Vec<Box<dyn Queued>> {
         self.progress.busy_since_ms.store(now_ms(), Relaxed);
         let epoch = self.mark.epoch();
-        let (answers, mut effects) = self.commit(units).await;
+        let mut left = Vec::new();
+        let (answers, mut effects) = self.commit(units, savepoints, &mut left).await;
         self.progress.busy_since_ms.store(0, Relaxed);
         if let Some(last) = effects.notifications.last() {
             self.mark.note(last.notification.id);
@@ -418,11 +425,19 @@ impl Writer {
             let _ = committed.send(effects).await;
         }
         answers.into_iter().for_each(|a| a.send());
+        left
     }
 
-    /// Applies units in one transaction; the answers to send and, if it committed, its
-    /// effects.
-    async fn commit(&mut self, batch: Vec<Box<dyn Queued>>) -> (Vec<Box<dyn Answer>>, Effects) {
+    /// Applies units in one transaction of at most `savepoints` savepoints; the answers to
+    /// send and, if it committed, its effects. Where a unit falls apart and its operations
+    /// would take the transaction past `savepoints`, they and the units after them go to
+    /// `left`, unapplied, and the transaction commits what it applied before them.
+    async fn commit(
+        &mut self,
+        batch: Vec<Box<dyn Queued>>,
+        savepoints: usize,
+        left: &mut Vec<Box<dyn Queued>>,
+    ) -> (Vec<Box<dyn Answer>>, Effects) {
         if batch.is_empty() {
             return (Vec::new(), Effects::default());
         }
@@ -451,7 +466,9 @@ impl Writer {
         let mut effects = Effects::default();
         let mut joined = 0;
         let mut units = batch.into_iter();
+        let mut used = 0;
         while let Some(unit) = units.next() {
+            used += 1;
             let before = answers.len();
             let apart = match apply_in_savepoint(&mut conn, unit, &mut answers, &mut effects).await
             {
@@ -465,6 +482,12 @@ impl Writer {
                 Ok(Some(apart)) => apart,
                 Err(e) => return abandon(&mut conn, answers, units, &e).await,
             };
+            if used + apart.len() > savepoints {
+                left.extend(apart);
+                left.extend(units.by_ref());
+                break;
+            }
+            used += apart.len();
             let mut apart = apart.into_iter();
             while let Some(op) = apart.next() {
                 // Alone, a unit's answers always come back.

@@ -490,7 +490,9 @@ mod tests {
     /// targets and keys.
     async fn submit_together(store: &Store, ops: Vec<Publish>) -> Vec<Result<Published, String>> {
         let writer = store.writer();
-        join_all(ops.into_iter().map(|op| writer.submit(op)))
+        // Unconstrained: tokio's cooperative budget would otherwise make the sends yield
+        // after 128, and the writer would take the rest as another batch.
+        tokio::task::unconstrained(join_all(ops.into_iter().map(|op| writer.submit(op))))
             .await
             .into_iter()
             .map(|r| r.map_err(|e| e.to_string()))
@@ -583,5 +585,105 @@ mod tests {
             .remove(0)
             .expect("stored");
         assert_eq!((retry.id, retry.duplicate), (3, false));
+    }
+
+    #[tokio::test]
+    async fn a_unit_too_large_to_fall_apart_in_its_transaction_goes_to_the_next() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _feed) = Store::open(dir.path(), None).await.expect("store");
+        sqlx::query(
+            "CREATE TRIGGER poison BEFORE INSERT ON notifications WHEN NEW.title = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        )
+        .execute(store.sqlite_pool())
+        .await
+        .expect("trigger");
+        let batches = store.writer().batches();
+        // One unit of a whole batch: apart, its operations need more savepoints than one
+        // transaction may hold, so they are applied one by one in the next.
+        let ops = (0..super::super::MAX_BATCH)
+            .map(|i| {
+                let title = if i == 100 {
+                    "poison".to_owned()
+                } else {
+                    format!("n{i}")
+                };
+                publish(&["user:dee"], &title, None)
+            })
+            .collect();
+        let answers = submit_together(&store, ops).await;
+        assert!(answers[100].is_err());
+        // (join_all over this many futures does not submit them in order: the ids follow
+        // the queue's order, which the smaller tests check.)
+        let mut ids: Vec<u64> = answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok().map(|p| p.id))
+            .collect();
+        ids.sort_unstable();
+        let expected: Vec<u64> = (1..super::super::MAX_BATCH as u64).collect();
+        assert_eq!(ids, expected, "every other one stored, ids dense");
+        assert_eq!(store.writer().batches(), batches + 2);
+        assert_eq!(store.writer().joined(), 0);
+        assert_eq!(store.head().await.expect("head"), expected.len() as u64);
+    }
+
+    /// A publish carrying every field, as stored alone and as stored with others.
+    fn rich(title: &str) -> Publish {
+        let req = PublishRequest {
+            to: Some(vec!["user:eve".to_owned(), "topic:builds".to_owned()]),
+            title: Some(title.to_owned()),
+            event: Some("build".to_owned()),
+            body: Some("line one\nline \"two\"".to_owned()),
+            priority: Some(belfry_protocol::Priority::High),
+            tags: Some(vec!["ci".to_owned(), "ünïcode".to_owned()]),
+            url: Some("https://example.com/b/1".to_owned()),
+            actions: Some(vec![belfry_protocol::Action {
+                label: "Open".to_owned(),
+                url: "https://example.com/b/1/log".to_owned(),
+            }]),
+            data: Some(serde_json::json!({"z": 1, "a": [1.5, null, "x"], "nested": {"k": true}})),
+            ttl: Some(600),
+            idempotency_key: None,
+        };
+        Publish {
+            request: Box::new(req.validate().expect("valid publish")),
+            ttl_secs: 600,
+            received: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_stored_with_others_reads_back_as_one_stored_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _feed) = Store::open(dir.path(), None).await.expect("store");
+        submit_together(&store, vec![rich("same")]).await;
+        submit_together(
+            &store,
+            vec![rich("same"), publish(&["user:eve"], "other", None)],
+        )
+        .await;
+        assert_eq!(store.writer().joined(), 2);
+        let viewer = Viewer {
+            user: "eve".to_owned(),
+            topics: Vec::new(),
+        };
+        let page = store.page(&viewer, 0, 10).await.expect("page");
+        let [alone, joined, _] = &page.notifications[..] else {
+            panic!("{:?}", page.notifications);
+        };
+        assert_eq!((alone.id, joined.id), (1, 2));
+        let strip = |n: &Notification| {
+            let mut v = serde_json::to_value(n).expect("json");
+            for key in ["id", "created_at", "expires_at"] {
+                v.as_object_mut().expect("object").remove(key);
+            }
+            v
+        };
+        assert_eq!(strip(alone), strip(joined));
+        assert_eq!(joined.topic.as_deref(), Some("builds"));
+        assert_eq!(
+            joined.expires_at - joined.created_at,
+            time::Duration::seconds(600)
+        );
     }
 }
