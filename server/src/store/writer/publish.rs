@@ -544,11 +544,9 @@ mod tests {
         assert_eq!(store.head().await.expect("head"), first + 3);
     }
 
-    #[tokio::test]
-    async fn a_publish_that_fails_in_a_unit_fails_alone() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (store, _feed) = Store::open(dir.path(), None).await.expect("store");
-        // Fails whichever way the publish is inserted: alone or with the others.
+    /// Makes every publish titled "poison" fail, whichever way it is inserted: alone or
+    /// with others.
+    async fn poison(store: &Store) {
         sqlx::query(
             "CREATE TRIGGER poison BEFORE INSERT ON notifications WHEN NEW.title = 'poison' \
              BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
@@ -556,6 +554,13 @@ mod tests {
         .execute(store.sqlite_pool())
         .await
         .expect("trigger");
+    }
+
+    #[tokio::test]
+    async fn a_publish_that_fails_in_a_unit_fails_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _feed) = Store::open(dir.path(), None).await.expect("store");
+        poison(&store).await;
         let answers = submit_together(
             &store,
             vec![
@@ -591,13 +596,7 @@ mod tests {
     async fn a_unit_too_large_to_fall_apart_in_its_transaction_goes_to_the_next() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _feed) = Store::open(dir.path(), None).await.expect("store");
-        sqlx::query(
-            "CREATE TRIGGER poison BEFORE INSERT ON notifications WHEN NEW.title = 'poison' \
-             BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
-        )
-        .execute(store.sqlite_pool())
-        .await
-        .expect("trigger");
+        poison(&store).await;
         let batches = store.writer().batches();
         // One unit of a whole batch: apart, its operations need more savepoints than one
         // transaction may hold, so they are applied one by one in the next.
