@@ -5,8 +5,8 @@
 //! inserts all of their notifications (the ids in batch order), one all of their targets,
 //! and, when they carry idempotency keys, one looks the keys up and one stores the new
 //! ones. Each statement reads its rows from one JSON parameter, so its text never changes
-//! and it is prepared once per connection. One by one, a publish costs a statement per
-//! row and a savepoint of its own, each a round trip to the database.
+//! and it is prepared once per connection. A publish alone goes the same way, as a batch
+//! of one (in a savepoint of its own).
 
 use super::{Effects, Operation, json_text};
 use crate::store::db::{Conn, Dialect, on};
@@ -51,15 +51,10 @@ impl Operation for Publish {
         conn: &mut Conn<'_>,
         effects: &mut Effects,
     ) -> Result<Published, StoreError> {
-        let (published, notification) = publish(conn, &self.request, self.ttl_secs).await?;
-        if let Some(notification) = notification {
-            effects.notifications.push(Committed {
-                notification,
-                targets: self.request.targets,
-                received: self.received,
-            });
-        }
-        Ok(published)
+        let mut published = store_all(&[&self], conn, effects).await?;
+        published
+            .pop()
+            .ok_or_else(|| StoreError::Commit("the publish was not stored".into()))
     }
 
     fn joins(&self) -> bool {
@@ -71,120 +66,30 @@ impl Operation for Publish {
         conn: &mut Conn<'_>,
         effects: &mut Effects,
     ) -> Result<Vec<Published>, StoreError> {
-        let requests: Vec<&ValidPublish> = ops.iter().map(|op| &*op.request).collect();
-        let ttls: Vec<u64> = ops.iter().map(|op| op.ttl_secs).collect();
-        let (published, notifications) = publish_all(conn, &requests, &ttls).await?;
-        for (op, notification) in ops.iter().zip(notifications) {
-            if let Some(notification) = notification {
-                effects.notifications.push(Committed {
-                    notification,
-                    targets: op.request.targets.clone(),
-                    received: op.received,
-                });
-            }
-        }
-        Ok(published)
+        store_all(ops, conn, effects).await
     }
 }
 
-/// Stores a notification and returns its id. `$1` to `$11`: the columns after `id`.
-fn insert_notification(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::Sqlite => {
-            "INSERT INTO notifications \
-             (event, title, body, priority, tags, url, actions, data, topic, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id"
-        }
-        // The head row is locked until the commit (see the module's documentation); the
-        // savepoint of a failed publish puts it back, so ids stay dense.
-        Dialect::Postgres => {
-            "WITH head AS (UPDATE notification_head SET id = id + 1 RETURNING id) \
-             INSERT INTO notifications \
-             (id, event, title, body, priority, tags, url, actions, data, topic, created_at, \
-              expires_at) \
-             SELECT head.id, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM head RETURNING id"
-        }
-    }
-}
-
-async fn publish(
+/// Stores `ops` (one or many) with a few statements for all of them, and pushes what is
+/// new into `effects` for delivery.
+async fn store_all(
+    ops: &[&Publish],
     conn: &mut Conn<'_>,
-    req: &ValidPublish,
-    ttl_secs: u64,
-) -> Result<(Published, Option<Notification>), sqlx::Error> {
-    let now = now_ms();
-    if let Some(key) = &req.idempotency_key {
-        let seen: Option<(i64, i64)> = on!(conn, c => {
-            sqlx::query_as(
-                "SELECT notification_id, created_at FROM idempotency_keys \
-                 WHERE key = $1 AND created_at > $2",
-            )
-            .bind(key)
-            .bind(now - IDEMPOTENCY_WINDOW_MS)
-            .fetch_optional(c)
-            .await?
-        });
-        if let Some((id, created)) = seen {
-            let published = Published {
-                id: u64::try_from(id).unwrap_or(0),
-                created_at: rows::from_ms(created),
-                duplicate: true,
-            };
-            return Ok((published, None));
+    effects: &mut Effects,
+) -> Result<Vec<Published>, StoreError> {
+    let requests: Vec<&ValidPublish> = ops.iter().map(|op| &*op.request).collect();
+    let ttls: Vec<u64> = ops.iter().map(|op| op.ttl_secs).collect();
+    let (published, notifications) = publish_all(conn, &requests, &ttls).await?;
+    for (op, notification) in ops.iter().zip(notifications) {
+        if let Some(notification) = notification {
+            effects.notifications.push(Committed {
+                notification,
+                targets: op.request.targets.clone(),
+                received: op.received,
+            });
         }
     }
-    let expires = expiry(now, ttl_secs);
-    let tags = json_text(&req.tags);
-    let actions = json_text(&req.actions);
-    let data = json_text(&req.data);
-    let insert = insert_notification(conn.dialect());
-    let id: i64 = on!(conn, c => {
-        sqlx::query_scalar(insert)
-            .bind(&req.event)
-            .bind(&req.title)
-            .bind(&req.body)
-            .bind(i64::from(req.priority.level()))
-            .bind(&tags)
-            .bind(&req.url)
-            .bind(&actions)
-            .bind(&data)
-            .bind(req.topic())
-            .bind(now)
-            .bind(expires)
-            .fetch_one(c)
-            .await?
-    });
-    for target in &req.targets {
-        let (kind, name) = target_key(target);
-        on!(conn, c => {
-            sqlx::query(
-                "INSERT INTO notification_targets (kind, name, notification_id) \
-                 VALUES ($1, $2, $3)",
-            )
-            .bind(kind)
-            .bind(name)
-            .bind(id)
-            .execute(c)
-            .await?;
-        });
-    }
-    if let Some(key) = &req.idempotency_key {
-        on!(conn, c => {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (key, notification_id, created_at) \
-                 VALUES ($1, $2, $3) \
-                 ON CONFLICT (key) DO UPDATE \
-                 SET notification_id = excluded.notification_id, created_at = excluded.created_at",
-            )
-            .bind(key)
-            .bind(id)
-            .bind(now)
-            .execute(c)
-            .await?;
-        });
-    }
-    let (published, notification) = stored(req, id, now, expires);
-    Ok((published, Some(notification)))
+    Ok(published)
 }
 
 /// When a publish received at `now` (Unix ms) expires.
