@@ -5,7 +5,7 @@
 //! before the clock starts): each connect then reads it from the store (the Node peer:
 //! from its offline queue) before it is up to date.
 
-use super::{CpuSpan, Fleet, Signer, publish_many_each, room_for, wait_for};
+use super::{CpuSpan, Fleet, Signer, publish_with, room_for, wait_for};
 use belfry_bench::pool::Pool;
 use belfry_bench::report::{Better, Outcome};
 use belfry_bench::system::System;
@@ -36,8 +36,11 @@ async fn connect_all(
     let prefix = format!("connect{missed}-");
     let fleet = Fleet::new(system, signer, &prefix, n, 1, n);
     if missed > 0 {
-        let users: Vec<String> = (0..n).map(|u| format!("user:{prefix}{u}")).collect();
-        publish_many_each(&system.publisher(), &users, missed, 64).await?;
+        let users = prefix.clone();
+        publish_with(&system.publisher(), n * missed, 64, move |i| {
+            serde_json::json!({"to": [format!("user:{users}{}", i % n)], "title": format!("missed {i}")})
+        })
+        .await?;
     }
     // With something to catch up, each connect ends once it holds it.
     let expected = (n * missed) as u64;

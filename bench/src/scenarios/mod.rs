@@ -30,46 +30,29 @@ pub async fn publish_many(
     count: usize,
     workers: usize,
 ) -> anyhow::Result<()> {
+    publish_with(publisher, count, workers, move |_| body.clone()).await
+}
+
+/// Publishes `count` notifications, the `i`th `body(i)`, with `workers` publishers at
+/// once, as fast as the system answers; fails on the first refusal.
+pub async fn publish_with(
+    publisher: &Publisher,
+    count: usize,
+    workers: usize,
+    body: impl Fn(usize) -> serde_json::Value + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let body = Arc::new(body);
     let next = Arc::new(AtomicUsize::new(0));
     let mut running = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let (p, next, body) = (publisher.clone(), next.clone(), body.clone());
         running.spawn(async move {
-            while next.fetch_add(1, Relaxed) < count {
-                p.try_publish(body.clone()).await?;
-            }
-            Ok::<_, String>(())
-        });
-    }
-    while let Some(r) = running.join_next().await {
-        r?.map_err(|e| anyhow::anyhow!("publish refused: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Publishes `each` notifications to every one of `targets` (`user:<name>`), with
-/// `workers` publishers at once; fails on the first refusal.
-pub async fn publish_many_each(
-    publisher: &Publisher,
-    targets: &[String],
-    each: usize,
-    workers: usize,
-) -> anyhow::Result<()> {
-    let targets: Arc<Vec<String>> = Arc::new(targets.to_vec());
-    let total = targets.len() * each;
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut running = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        let (p, next, targets) = (publisher.clone(), next.clone(), targets.clone());
-        running.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Relaxed);
-                if i >= total {
+                if i >= count {
                     return Ok::<_, String>(());
                 }
-                let to = &targets[i % targets.len()];
-                p.try_publish(serde_json::json!({"to": [to], "title": format!("missed {i}")}))
-                    .await?;
+                p.try_publish(body(i)).await?;
             }
         });
     }
