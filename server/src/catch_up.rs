@@ -377,12 +377,12 @@ async fn run_catch_up<A: Adapter>(
         }
     };
     loop {
-        // `head` is read before the page: everything committed up to it is then in this
-        // page or an earlier one. Read after, it could name an id committed meanwhile
-        // whose live emit has not reached the socket yet; a client that moved its cursor
-        // to it and dropped off would skip that id.
-        let head = state.store.head().await?;
+        // The head comes from the page's snapshot: everything committed up to it is in
+        // this page or an earlier one. Read after the page, it could name an id committed
+        // meanwhile whose live emit has not reached the socket yet; a client that moved
+        // its cursor to it and dropped off would skip that id.
         let page = state.store.page(&viewer, cursor, limit).await?;
+        let head = page.head;
         let more = page.more;
         let count = page.notifications.len();
         let bytes = emit_batch(state, socket, session, &mut pace, page.notifications, more).await?;

@@ -102,8 +102,11 @@ pub struct Page {
     pub notifications: Vec<Notification>,
     /// The highest id this page covered (visible or expired): the cursor for the next page.
     pub last_id: Option<u64>,
-    /// Whether more ids may follow.
+    /// Whether more ids follow.
     pub more: bool,
+    /// The store's head when the page was read: every id committed up to it is in this
+    /// page, an earlier one or a later one.
+    pub head: u64,
 }
 
 /// A receipt row: the user and their delivered / read times.
@@ -322,45 +325,55 @@ impl Store {
         Ok(topics)
     }
 
-    /// Notifications visible to `viewer` with id > `after`, ascending, at most `limit`.
+    /// Notifications visible to `viewer` with id > `after`, ascending, at most `limit`,
+    /// and the store's head in the same snapshot.
     ///
-    /// One indexed range scan per target the viewer sees (their user, `all`, each
-    /// topic), each stopping after `limit` ids, merged here: a page costs O(limit x
-    /// targets), not O(everything after the cursor). All scans read one snapshot (one
-    /// transaction), so no arm can see ids another missed.
+    /// One statement, so one snapshot and one round trip: an indexed range scan per
+    /// target the viewer sees (their user, `all`, each topic), each stopping after
+    /// `limit + 1` ids, merged by the database; a page costs O(limit x targets), not
+    /// O(everything after the cursor). The id past the page says whether more follow
+    /// (if the merged ids go past `limit`, the first `limit + 1` of them are among the
+    /// first `limit + 1` of their arms). The head is read in the same snapshot:
+    /// everything committed up to it is in this page or a later one.
     pub async fn page(&self, viewer: &Viewer, after: u64, limit: u32) -> Result<Page, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let mut tx = self.pool.begin_read().await?;
-        let mut conn = tx.conn();
-        let mut merged = std::collections::BTreeSet::new();
-        let mut an_arm_was_full = false;
-        for (kind, name) in viewer_targets(viewer) {
-            let ids: Vec<i64> = on!(&mut conn, c => {
-                sqlx::query_scalar(
-                    "SELECT notification_id FROM notification_targets \
-                     WHERE kind = $1 AND name = $2 AND notification_id > $3 \
-                     ORDER BY notification_id LIMIT $4",
-                )
-                .bind(kind)
-                .bind(name)
+        let targets: Vec<(i64, &str)> = viewer_targets(viewer).collect();
+        let mut c = self.pool.acquire().await?;
+        let mut conn = c.conn();
+        let sql = page_sql(conn.dialect(), targets.len());
+        let rows = on!(&mut conn, c => {
+            let mut query = sqlx::query(&sql)
+                .bind(&viewer.user)
                 .bind(clamp_id(after))
-                .bind(i64::from(limit))
+                .bind(i64::from(limit) + 1)
+                .bind(now_ms());
+            for &(kind, name) in &targets {
+                query = query.bind(kind).bind(name);
+            }
+            query
                 .fetch_all(c)
                 .await?
-            });
-            an_arm_was_full |= ids.len() == limit as usize;
-            merged.extend(ids);
+                .iter()
+                .map(page_row)
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        let head = rows.first().map_or(0, |r| r.head);
+        let covered = rows.iter().filter(|r| r.covered.is_some()).count();
+        let mut page = Page {
+            notifications: Vec::with_capacity(covered.min(limit as usize)),
+            last_id: None,
+            more: covered > limit as usize,
+            head: u64::try_from(head).unwrap_or(0),
+        };
+        for row in rows
+            .into_iter()
+            .filter(|r| r.covered.is_some())
+            .take(limit as usize)
+        {
+            page.last_id = row.covered.map(|id| id as u64);
+            page.notifications.extend(row.notification);
         }
-        let more = an_arm_was_full || merged.len() > limit as usize;
-        let ids: Vec<i64> = merged.into_iter().take(limit as usize).collect();
-        let last_id = ids.last().map(|&id| id as u64);
-        let notifications = Self::fetch_for(&mut conn, &viewer.user, &ids).await?;
-        tx.commit().await?;
-        Ok(Page {
-            notifications,
-            last_id,
-            more,
-        })
+        Ok(page)
     }
 
     /// The viewer's newest unread notifications (at most `limit`), ascending: per target,
@@ -569,6 +582,55 @@ impl Store {
     }
 }
 
+/// The statement of [`Store::page`] for a viewer of `targets` targets: `$1` the user, `$2`
+/// the cursor, `$3` the ids to read per arm and in all, `$4` now; then a kind and a name
+/// per target. It always returns a row (the head, with no id when the page is empty);
+/// an id covered whose notification has expired comes without the notification.
+fn page_sql(dialect: Dialect, targets: usize) -> String {
+    let arms: Vec<String> = (0..targets)
+        .map(|i| {
+            format!(
+                "SELECT covered FROM (SELECT notification_id AS covered FROM notification_targets \
+                 WHERE kind = ${kind} AND name = ${name} AND notification_id > $2 \
+                 ORDER BY notification_id LIMIT $3) AS arm{i}",
+                kind = 5 + 2 * i,
+                name = 6 + 2 * i,
+            )
+        })
+        .collect();
+    format!(
+        "WITH picked AS ({arms} ORDER BY covered LIMIT $3) \
+         SELECT h.head, p.covered, {cols}, s.read_at \
+         FROM (SELECT ({head}) AS head) AS h \
+         LEFT JOIN picked p ON true \
+         LEFT JOIN notifications n ON n.id = p.covered AND n.expires_at > $4 \
+         LEFT JOIN user_state s ON s.user_id = $1 AND s.notification_id = n.id \
+         ORDER BY p.covered",
+        arms = arms.join(" UNION "),
+        cols = rows::COLUMNS,
+        head = dialect.head(),
+    )
+}
+
+/// A row of [`page_sql`].
+struct PageRow {
+    head: i64,
+    covered: Option<i64>,
+    /// `None` where the id covered has expired.
+    notification: Option<Notification>,
+}
+
+fn page_row(row: &impl rows::StoreRow) -> Result<PageRow, sqlx::Error> {
+    Ok(PageRow {
+        head: row.int("head")?,
+        covered: row.opt_int("covered")?,
+        notification: match row.opt_int("id")? {
+            Some(_) => Some(rows::notification(row)?),
+            None => None,
+        },
+    })
+}
+
 /// The `(kind, name)` target keys whose notifications `viewer` sees.
 fn viewer_targets(viewer: &Viewer) -> impl Iterator<Item = (i64, &str)> {
     [(0, viewer.user.as_str()), (2, "")]
@@ -600,6 +662,89 @@ mod tests {
     use super::*;
     use sqlx::Row;
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    /// A page is one statement: the user's, `all`'s and the topics' notifications merged
+    /// in id order (one targeting two of them once), expired ones covered but not shown,
+    /// `more` exact, and the head from the same snapshot.
+    #[tokio::test]
+    async fn a_page_merges_every_target_and_knows_exactly_whether_more_follow() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _feed) = Store::open(dir.path(), None).await.expect("store");
+        let later = now_ms() + 3_600_000;
+        // Ids 1 to 9: amy's own (1, 4, 7, 9), all (2, 5), topic t (3, 6, 9), bob's (8);
+        // 7 has expired.
+        let targets: [&[(i64, &str)]; 9] = [
+            &[(0, "amy")],
+            &[(2, "")],
+            &[(1, "t")],
+            &[(0, "amy")],
+            &[(2, "")],
+            &[(1, "t")],
+            &[(0, "amy")],
+            &[(0, "bob")],
+            &[(0, "amy"), (1, "t")],
+        ];
+        for (i, targets) in targets.iter().enumerate() {
+            let id = i as i64 + 1;
+            sqlx::query(
+                "INSERT INTO notifications (id, event, title, body, priority, tags, actions, \
+                 data, created_at, expires_at) VALUES (?1, 'notification', ?2, '', 3, '[]', \
+                 '[]', '{}', 1, ?3)",
+            )
+            .bind(id)
+            .bind(format!("n{id}"))
+            .bind(if id == 7 { 1 } else { later })
+            .execute(store.sqlite_pool())
+            .await
+            .expect("notification");
+            for &(kind, name) in *targets {
+                sqlx::query(
+                    "INSERT INTO notification_targets (kind, name, notification_id) \
+                     VALUES (?1, ?2, ?3)",
+                )
+                .bind(kind)
+                .bind(name)
+                .bind(id)
+                .execute(store.sqlite_pool())
+                .await
+                .expect("target");
+            }
+        }
+        let amy = Viewer {
+            user: "amy".into(),
+            topics: vec!["t".into()],
+        };
+        let ids = |p: &Page| p.notifications.iter().map(|n| n.id).collect::<Vec<_>>();
+        let page = |after, limit| {
+            let (store, amy) = (&store, &amy);
+            async move { store.page(amy, after, limit).await.expect("page") }
+        };
+
+        let first = page(0, 3).await;
+        assert_eq!(ids(&first), [1, 2, 3]);
+        assert_eq!(first.notifications[1].title, "n2");
+        assert_eq!((first.last_id, first.more, first.head), (Some(3), true, 9));
+        // 7 expired: covered (the cursor moves past it), not shown.
+        let second = page(3, 4).await;
+        assert_eq!(ids(&second), [4, 5, 6]);
+        assert_eq!((second.last_id, second.more), (Some(7), true));
+        let last = page(7, 10).await;
+        assert_eq!(ids(&last), [9]);
+        assert_eq!((last.last_id, last.more, last.head), (Some(9), false, 9));
+        // Eight ids are amy's to cover (9 once): a page of eight has no more after it.
+        assert!(!page(0, 8).await.more);
+        assert!(page(0, 7).await.more);
+        let after_all = page(9, 10).await;
+        assert_eq!((ids(&after_all), after_all.last_id), (vec![], None));
+        assert_eq!((after_all.more, after_all.head), (false, 9));
+        // Without the topic: her own and `all`'s only.
+        let own = Viewer {
+            user: "amy".into(),
+            topics: Vec::new(),
+        };
+        let own = store.page(&own, 0, 10).await.expect("page");
+        assert_eq!(ids(&own), [1, 2, 4, 5, 9]);
+    }
 
     /// A database written by a hub from before user state was keyed by notification keeps
     /// its delivery and read times, and lookups use the new key.
