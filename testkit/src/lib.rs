@@ -223,7 +223,11 @@ impl Hub {
                 .arg("--data-dir")
                 .arg(&self.dir)
                 .args(&self.args)
-                .env("RUST_LOG", "warn")
+                // `BELFRY_TEST_LOG` (a RUST_LOG filter) to see more of what the hub says.
+                .env(
+                    "RUST_LOG",
+                    std::env::var("BELFRY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true)

@@ -166,7 +166,8 @@ async fn connected<A: Adapter>(state: SharedState<A>, socket: SocketRef<A>) {
     register_events(&state, &socket);
     socket.on_disconnect({
         let (state, session) = (state.clone(), session.clone());
-        move || {
+        move |socket: SocketRef<A>, reason: socketioxide::socket::DisconnectReason| {
+            tracing::debug!(sid = %socket.id, user = %session.user, %reason, "disconnected");
             session.end();
             if session.uncount() {
                 state.metrics.connections.decrement(1.0);
