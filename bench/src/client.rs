@@ -92,9 +92,33 @@ pub struct Counters {
     pub up_to_date: AtomicU64,
     /// Where live notifications with a due instant in their title record their latency.
     pub latency: Option<std::sync::Arc<crate::latency::Latencies>>,
+    /// Why connections ended other than by a stop, and how often (to say why a step
+    /// never completed).
+    endings: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Counters {
+    /// Counts a connection that ended (refused, or closed) for `why`.
+    pub fn ended(&self, why: &str) {
+        if let Ok(mut endings) = self.endings.lock() {
+            *endings.entry(why.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Why connections ended, the most frequent first: `reason (count)`, joined.
+    pub fn endings(&self) -> String {
+        let Ok(endings) = self.endings.lock() else {
+            return String::new();
+        };
+        let mut all: Vec<(&String, &u64)> = endings.iter().collect();
+        all.sort_by(|a, b| b.1.cmp(a.1));
+        all.iter()
+            .take(5)
+            .map(|(why, n)| format!("{why} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Counters that also record latencies into `latency`.
     pub fn measuring(latency: std::sync::Arc<crate::latency::Latencies>) -> Self {
         Self {
@@ -102,11 +126,6 @@ impl Counters {
             ..Self::default()
         }
     }
-}
-
-#[derive(Deserialize)]
-struct Id {
-    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -118,7 +137,7 @@ struct Live {
 
 #[derive(Deserialize)]
 struct Batch {
-    notifications: Vec<Id>,
+    notifications: Vec<Live>,
 }
 
 #[derive(Deserialize)]
@@ -346,17 +365,14 @@ impl Subscriber {
         match name {
             events::NOTIFICATION => {
                 let live = serde_json::from_value::<Live>(data).ok()?;
-                if let Some(latency) = &self.counters.latency
-                    && let Some(due) = crate::latency::due(&live.title)
-                {
-                    latency.record_since(due);
-                }
                 let id = live.id;
                 if id <= s.last_live {
                     self.tally.out_of_order += 1;
                 }
                 s.last_live = id;
-                self.hold(id);
+                if self.hold(id) {
+                    self.timed(&live.title);
+                }
                 // The cursor moves with live notifications only once this connection's
                 // catch-up is complete.
                 if s.synced && id > self.cursor.unwrap_or(0) {
@@ -374,7 +390,10 @@ impl Subscriber {
                         self.tally.out_of_order += 1;
                     }
                     s.last_batch = n.id;
-                    self.hold(n.id);
+                    if self.hold(n.id) {
+                        // Held for the first time, from the store (after a recovery, say).
+                        self.timed(&n.title);
+                    }
                     s.batch_max = s.batch_max.max(n.id);
                 }
                 if s.batch_max > self.cursor.unwrap_or(0) {
@@ -401,6 +420,16 @@ impl Subscriber {
 }
 
 impl Subscriber {
+    /// Records the latency of a notification just held for the first time, if it is a
+    /// timed one and the subscriber measures.
+    fn timed(&self, title: &str) {
+        if let Some(latency) = &self.counters.latency
+            && let Some(due) = crate::latency::due(title)
+        {
+            latency.record_since(due);
+        }
+    }
+
     /// Moves the cursor up to `to` (never down).
     fn advance(&mut self, to: u64) {
         let cursor = self.cursor.unwrap_or(0).max(to);
@@ -457,6 +486,30 @@ mod tests {
             // The live 5 before `synced` moved nothing; the batches and later live did.
             assert_eq!(acks, [ack(5), ack(6), ack(7)], "keep_ids {keep_ids}");
         }
+    }
+
+    #[test]
+    fn a_timed_notification_counts_once_however_it_arrives() {
+        let mut sub = subscriber(false);
+        let latency = std::sync::Arc::new(crate::latency::Latencies::new());
+        sub.counters = std::sync::Arc::new(Counters::measuring(latency.clone()));
+        let mut s = Streams::default();
+        let due = crate::latency::title(crate::latency::now_micros());
+        for p in [
+            // From a catch-up first, then live again, then a plain one live.
+            format!(r#"42["sync",{{"notifications":[{{"id":1,"title":"{due}"}}],"more":false}}]"#),
+            r#"42["synced",{"head":1}]"#.to_owned(),
+            format!(r#"42["notification",{{"id":1,"title":"{due}"}}]"#),
+            format!(r#"42["notification",{{"id":2,"title":"{due}"}}]"#),
+            r#"42["notification",{"id":3,"title":"untimed"}]"#.to_owned(),
+        ] {
+            let _ = sub.on_packet(&p, &mut s);
+        }
+        assert_eq!(
+            latency.count(),
+            2,
+            "1 from the catch-up, 2 live; the repeat of 1 not"
+        );
     }
 
     #[test]

@@ -66,6 +66,26 @@ impl Latencies {
         }
     }
 
+    /// What was recorded, as `(microseconds, count)` pairs, ascending: to carry a
+    /// record from one process to another ([`Latencies::add`] takes it back).
+    pub fn recorded(&self) -> Vec<(u64, u64)> {
+        self.hist.lock().map_or_else(
+            |_| Vec::new(),
+            |h| {
+                h.iter_recorded()
+                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                    .collect()
+            },
+        )
+    }
+
+    /// Records `count` latencies of `micros` each (from [`Latencies::recorded`]).
+    pub fn add(&self, micros: u64, count: u64) {
+        if let Ok(mut h) = self.hist.lock() {
+            h.saturating_record_n(micros.max(1), count);
+        }
+    }
+
     /// Forgets everything recorded (between the steps of a scenario).
     pub fn reset(&self) {
         if let Ok(mut h) = self.hist.lock() {
@@ -188,6 +208,13 @@ mod tests {
         let cdf = l.cdf(10);
         assert_eq!(cdf.len(), 11);
         assert!(cdf.windows(2).all(|w| w[0].0 <= w[1].0));
+        let copy = Latencies::new();
+        for (micros, n) in l.recorded() {
+            copy.add(micros, n);
+        }
+        assert_eq!(copy.summary().count, 100);
+        assert_eq!(copy.summary().p50_ms, s.p50_ms);
+        assert_eq!(copy.summary().max_ms, s.max_ms);
         l.reset();
         assert_eq!(l.count(), 0);
     }

@@ -59,6 +59,12 @@ enum Command {
     Desktop(Common),
     /// Connections held and steady publishing for a while; hub memory must stay flat.
     Soak(scenarios::soak::SoakArgs),
+    /// More connections than one process may hold: several hub nodes, several
+    /// load-generator processes; memory per connection, one publish to all.
+    Held(Common),
+    /// One load-generator process of `held` (started by it).
+    #[command(hide = true)]
+    HoldWorker(scenarios::held::WorkerArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -83,7 +89,7 @@ struct Common {
     /// CI sizes.
     #[arg(long)]
     quick: bool,
-    /// Connections (connect, fanout, targeted, storm).
+    /// Connections (connect, fanout, targeted, storm, held).
     #[arg(long)]
     connections: Option<usize>,
     /// Connection counts to measure memory at (idle), ascending.
@@ -115,6 +121,7 @@ struct Sizes {
     storm: usize,
     storm_limit: Duration,
     desktop: scenarios::desktop::DesktopSizes,
+    held: scenarios::held::Held,
 }
 
 impl Sizes {
@@ -148,6 +155,13 @@ impl Sizes {
                     popups: 10,
                     history: 400,
                 },
+                held: scenarios::held::Held {
+                    connections: 2_000,
+                    per_process: 1_000,
+                    steps: 2,
+                    settle: Duration::from_secs(1),
+                    singles: 1,
+                },
             }
         } else {
             Sizes {
@@ -178,6 +192,7 @@ impl Sizes {
                     popups: 100,
                     history: 10_000,
                 },
+                held: scenarios::held::Held::full(),
             }
         };
         if let Some(n) = c.connections {
@@ -185,6 +200,7 @@ impl Sizes {
             s.fanout.subscribers = n;
             s.targeted.subscribers = n;
             s.storm = n;
+            s.held.connections = n;
         }
         if let Some(steps) = &c.steps {
             s.idle.steps.clone_from(steps);
@@ -237,15 +253,28 @@ fn runs(kind: &Kind, scenario: &str) -> bool {
     match kind {
         Kind::Belfry => true,
         Kind::Node | Kind::External { .. } => scenario != "desktop",
-        Kind::BelfryPostgres | Kind::Cluster(_) => {
-            matches!(scenario, "connect" | "fanout" | "targeted" | "catchup")
+        Kind::BelfryPostgres => matches!(scenario, "connect" | "fanout" | "targeted" | "catchup"),
+        Kind::Cluster(_) => {
+            matches!(
+                scenario,
+                "connect" | "fanout" | "targeted" | "catchup" | "held"
+            )
         }
     }
 }
 
+/// The system `scenario` runs on when asked for `kind`: `held` needs as many nodes as
+/// its connections need processes, whatever a cluster was asked for.
+fn kind_for(scenario: &str, kind: &Kind, sizes: &Sizes) -> Kind {
+    match kind {
+        Kind::Cluster(_) if scenario == "held" => Kind::Cluster(sizes.held.processes()),
+        _ => kind.clone(),
+    }
+}
+
 /// The scenarios, in report order.
-const ALL: [&str; 7] = [
-    "idle", "connect", "fanout", "targeted", "catchup", "storm", "desktop",
+const ALL: [&str; 8] = [
+    "idle", "connect", "fanout", "targeted", "catchup", "held", "storm", "desktop",
 ];
 
 async fn one(
@@ -273,6 +302,7 @@ async fn one(
             scenarios::targeted::run(&system, &signer, &targeted, out).await
         }
         "catchup" => scenarios::catchup::run(&system, &signer, sizes.catchup, out).await,
+        "held" => scenarios::held::run(&system, &c.secret, &sizes.held, out).await,
         "storm" => {
             let (n, limit) = (sizes.storm, sizes.storm_limit);
             scenarios::storm::run(&mut system, &signer, n, limit, out).await
@@ -289,19 +319,31 @@ async fn one(
 /// failures come back beside the results.
 async fn run(scenarios: &[&str], c: &Common) -> anyhow::Result<(Results, Vec<String>)> {
     let sizes = Sizes::from(c);
-    let mut outcomes = Vec::new();
     let mut failures = Vec::new();
-    for kind in kinds(c)? {
-        let mut out = Outcome::new(&kind.name());
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut held = false;
+    for asked in kinds(c)? {
         for scenario in scenarios {
+            let kind = kind_for(scenario, &asked, &sizes);
+            // `held` sizes its own cluster: once is enough.
+            if *scenario == "held" && runs(&kind, scenario) && std::mem::replace(&mut held, true) {
+                continue;
+            }
+            let name = kind.name();
+            let at = match outcomes.iter().position(|o| o.system == name) {
+                Some(at) => at,
+                None => {
+                    outcomes.push(Outcome::new(&name));
+                    outcomes.len() - 1
+                }
+            };
             // One scenario failing against one system is reported; the rest still run.
-            if let Err(e) = one(scenario, &kind, c, &sizes, &mut out).await {
-                eprintln!("{scenario}: {} | FAILED: {e:#}", kind.name());
-                out.note(scenario, format!("failed: {e:#}"));
-                failures.push(format!("{scenario} against {}: {e:#}", kind.name()));
+            if let Err(e) = one(scenario, &kind, c, &sizes, &mut outcomes[at]).await {
+                eprintln!("{scenario}: {name} | FAILED: {e:#}");
+                outcomes[at].note(scenario, format!("failed: {e:#}"));
+                failures.push(format!("{scenario} against {name}: {e:#}"));
             }
         }
-        outcomes.push(out);
     }
     let results = Results {
         date: command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
@@ -404,6 +446,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Storm(c) => verdict(&run(&["storm"], &c).await?.1),
         Command::Desktop(c) => verdict(&run(&["desktop"], &c).await?.1),
         Command::Soak(args) => scenarios::soak::run(args).await,
+        Command::Held(c) => verdict(&run(&["held"], &c).await?.1),
+        Command::HoldWorker(args) => scenarios::held::worker(args).await,
     }
 }
 
@@ -438,13 +482,18 @@ fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> 
             about: "Notifications published to a user while none of their devices is connected; then one device connects. The time from its connect until it holds all of them (checked: in order, none twice). Belfry reads them from its store; the Node peer from its in-memory offline queue, which a restart loses.",
         },
         Section {
+            scenario: "held",
+            title: "6. Connections held over several nodes",
+            about: "More connections than one process may open files for: the hub as several nodes on one PostgreSQL (the bench's own, durable) and one Redis, the load generator as as many processes (`belfry-bench hold-worker`), each holding its share with its connections spread evenly over every node, each user with one token. Added in steps, each step waiting until every connection is up to date; the resident memory of all nodes together after each (bytes per connection from the least-squares slope). Then single publishes to `all` on the first node: the time until the last connection, in whichever process, holds it.",
+        },
+        Section {
             scenario: "storm",
-            title: "6. Reconnect storm",
+            title: "7. Reconnect storm",
             about: "Every client connected and up to date; the system is killed (SIGKILL) and started again at once. Clients reconnect on their own with jittered backoff (100 ms doubling to 2 s) and catch up from their cursor.",
         },
         Section {
             scenario: "desktop",
-            title: "7. Desktop tray app",
+            title: "8. Desktop tray app",
             about: "The tray app (`belfry-desktop`) and an empty Tauri 2 tray app (`bench/empty-tray`: a tray icon and a Quit item, built in the same cargo invocation and profile, so with the same Tauri features) on a headless desktop: Xvfb, a private D-Bus session and dunst as the notification daemon. Memory from /proc/<pid>/smaps_rollup (RSS counts the shared GTK and WebKit library pages; private memory is what the process alone holds); CPU at rest is the CPU time used over a window of quiet divided by the window. The app is first measured as autostart leaves it (connected, in the tray, window closed); then timed: notifications published to its user 4 per second, each timed from when it was due until dunst received the popup; then its history grows with do-not-disturb on (popups held back) and its private memory is read after each quarter; last, it restarts with the window open on that history, measured with its web processes. Belfry only: the Node peer has no desktop app.",
         },
     ];
@@ -486,6 +535,24 @@ fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> 
             scenario: "targeted",
         },
         ChartSpec {
+            id: "held-memory",
+            chart: Chart {
+                title: "Resident memory of all nodes with the connections held",
+                x_label: "connections",
+                y_label: "MB",
+            },
+            scenario: "held",
+        },
+        ChartSpec {
+            id: "held-cdf",
+            chart: Chart {
+                title: "One publish to every connection held: share holding it over time",
+                x_label: "ms since the publish was sent",
+                y_label: "% of connections",
+            },
+            scenario: "held",
+        },
+        ChartSpec {
             id: "storm",
             chart: Chart {
                 title: "Reconnect storm: clients up to date after a kill",
@@ -515,9 +582,19 @@ fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> 
         .and_peer(0.5),
         Target::limit(
             "100,000 connections held",
-            "idle",
-            "connections held",
+            "held",
+            "connections held, all nodes",
             100_000.0,
+        ),
+        Target::shown(
+            "100,000 held: one publish to all, the time until the last has it",
+            "held",
+            "one publish: time until all 100000 have it (median of 3)",
+        ),
+        Target::shown(
+            "100,000 held: hub memory per connection, all nodes",
+            "held",
+            "hub memory per connection, all nodes (slope)",
         ),
         Target::limit(
             "at least 5,000 connects per second, and twice the peer's",

@@ -138,7 +138,11 @@ async fn run(
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        match sub.run_once(config.connect_timeout, stop).await {
+        let ended = sub.run_once(config.connect_timeout, stop).await;
+        if let Ended::Refused(why) | Ended::Closed(why) = &ended {
+            sub.counters.ended(why);
+        }
+        match ended {
             Ended::Stopped => return sub,
             Ended::Refused(_) if !config.retry_refused => return sub,
             Ended::Refused(_) | Ended::Closed(_) => {}

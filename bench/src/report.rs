@@ -144,7 +144,8 @@ pub struct Target {
     /// "at most half the peer's" on a lower-is-better figure, 2.0 for "at least twice"
     /// on a higher-is-better one.
     pub peer: Option<f64>,
-    /// The system whose figure is checked (the outcome named so; `None`: the first).
+    /// The system whose figure is checked (the outcome named so; `None`: the first
+    /// system other than the peer that measured it).
     pub system: Option<&'static str>,
 }
 
@@ -179,6 +180,18 @@ impl Target {
             metric,
             limit: None,
             peer: Some(share),
+            system: None,
+        }
+    }
+
+    /// A figure the report shows beside the targets, with no bound of its own.
+    pub const fn shown(what: &'static str, scenario: &'static str, metric: &'static str) -> Target {
+        Target {
+            what,
+            scenario,
+            metric,
+            limit: None,
+            peer: None,
             system: None,
         }
     }
@@ -304,8 +317,9 @@ pub fn markdown(
     Ok(md)
 }
 
-/// The table of one scenario: a row per metric, a column per system, and the ratio of
-/// Belfry to the first other system (how many times better Belfry is).
+/// The table of one scenario: a row per metric, a column per system that measured it,
+/// and the ratio of the first of them to the Node peer (how many times better Belfry
+/// is), when the peer measured it too.
 pub fn table(results: &Results, scenario: &str) -> String {
     let mut metrics: Vec<(&str, &str, Better)> = Vec::new();
     for f in results
@@ -318,34 +332,50 @@ pub fn table(results: &Results, scenario: &str) -> String {
             metrics.push((&f.metric, &f.unit, f.better));
         }
     }
+    // The systems that measured this scenario; Belfry against the peer when both did.
+    let columns: Vec<&Outcome> = results
+        .outcomes
+        .iter()
+        .filter(|o| o.figures.iter().any(|f| f.scenario == scenario))
+        .collect();
+    let versus = match (columns.first(), columns.iter().find(|o| o.system == PEER)) {
+        (Some(first), Some(peer)) if first.system != PEER => Some((*first, *peer)),
+        _ => None,
+    };
     let mut t = String::from("| Metric |");
-    for o in &results.outcomes {
+    for o in &columns {
         let _ = write!(t, " {} |", o.system);
     }
-    let two = results.outcomes.len() >= 2;
-    if two {
+    if versus.is_some() {
         t.push_str(" Belfry vs the peer |");
     }
     t.push_str("\n|---|");
-    for _ in &results.outcomes {
+    for _ in &columns {
         t.push_str("---:|");
     }
-    if two {
+    if versus.is_some() {
         t.push_str("---:|");
     }
     t.push('\n');
     for (metric, unit, better) in metrics {
         let _ = write!(t, "| {metric} ({unit}) |");
-        let values: Vec<Option<f64>> = results
-            .outcomes
-            .iter()
-            .map(|o| o.value(scenario, metric))
-            .collect();
-        for v in &values {
-            let _ = write!(t, " {} |", v.map_or("-".into(), number));
+        for o in &columns {
+            let _ = write!(
+                t,
+                " {} |",
+                o.value(scenario, metric).map_or("-".into(), number)
+            );
         }
-        if two {
-            let _ = write!(t, " {} |", ratio(values[0], values[1], better));
+        if let Some((first, peer)) = versus {
+            let _ = write!(
+                t,
+                " {} |",
+                ratio(
+                    first.value(scenario, metric),
+                    peer.value(scenario, metric),
+                    better
+                )
+            );
         }
         t.push('\n');
     }
@@ -355,15 +385,17 @@ pub fn table(results: &Results, scenario: &str) -> String {
 
 /// The measured figure of a target and whether it is met, as the two cells of its row.
 fn check(results: &Results, t: &Target) -> String {
-    let outcome = match t.system {
-        Some(name) => results.outcomes.iter().find(|o| o.system == name),
-        None => results.outcomes.first(),
-    };
-    let Some(f) = outcome.and_then(|o| {
-        o.figures
-            .iter()
-            .find(|f| f.scenario == t.scenario && f.metric == t.metric)
-    }) else {
+    // On the system named, else on the first Belfry system that measured it.
+    let Some(f) = results
+        .outcomes
+        .iter()
+        .filter(|o| t.system.map_or(o.system != PEER, |name| o.system == name))
+        .find_map(|o| {
+            o.figures
+                .iter()
+                .find(|f| f.scenario == t.scenario && f.metric == t.metric)
+        })
+    else {
         return "not measured in this run | **no**".to_owned();
     };
     let within = |limit: f64| match f.better {
@@ -389,7 +421,12 @@ fn check(results: &Results, t: &Target) -> String {
             }
         }
     }
-    format!("{measured} | {}", if met { "yes" } else { "**no**" })
+    let verdict = match (t.limit, t.peer, met) {
+        (None, None, _) => "shown",
+        (.., true) => "yes",
+        (.., false) => "**no**",
+    };
+    format!("{measured} | {verdict}")
 }
 
 /// How many times better `belfry` is than `peer` ("2.4x better", "1.6x worse").
@@ -476,12 +513,21 @@ mod tests {
             2000.0,
             Better::Higher,
         );
+        node.figure("connect", "peer only", "1/s", 1.0, Better::Higher);
+        let mut nodes = Outcome::new("Belfry, 6 nodes");
+        nodes.figure(
+            "held",
+            "connections held",
+            "connections",
+            1e5,
+            Better::Higher,
+        );
         let results = Results {
             date: "2026-11-22T00:00:00Z".into(),
             machine: vec!["2 cores".into()],
             command: "belfry-bench all".into(),
             quick: false,
-            outcomes: vec![belfry, node],
+            outcomes: vec![belfry, node, nodes],
         };
         let dir = std::env::temp_dir().join(format!("belfry-report-{}", std::process::id()));
         let md = markdown(
@@ -513,6 +559,8 @@ mod tests {
                 .and_peer(5.0),
                 Target::limit("on PostgreSQL", "connect", "connects per second", 1.0)
                     .on("Belfry on PostgreSQL"),
+                Target::shown("held over nodes", "held", "connections held"),
+                Target::shown("the peer's only", "connect", "peer only"),
             ],
             "## Notes\n\nHand-written.",
             &dir,
@@ -534,6 +582,12 @@ mod tests {
         );
         assert!(md.contains("| 6,000 and 5x the peer | 8,000 1/s (the peer 2,000 1/s) | **no** |"));
         assert!(md.contains("| on PostgreSQL | not measured in this run | **no** |"));
+        // Found on the first Belfry system that measured it; never on the peer.
+        assert!(
+            md.contains("| held over nodes | 100,000 connections | shown |"),
+            "{md}"
+        );
+        assert!(md.contains("| the peer's only | not measured in this run | **no** |"));
         assert!(md.contains("![Storm](bench/storm.svg)"));
         assert!(md.contains("- Belfry: a remark"));
         assert!(md.ends_with("Hand-written.\n"));

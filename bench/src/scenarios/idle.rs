@@ -129,7 +129,7 @@ pub async fn run(
 }
 
 /// Least-squares slope of `y` (KiB) over `x` (connections).
-fn slope(points: &[(usize, u64)]) -> f64 {
+pub(super) fn slope(points: &[(usize, u64)]) -> f64 {
     let n = points.len() as f64;
     let (sx, sy) = points.iter().fold((0.0, 0.0), |(sx, sy), &(x, y)| {
         (sx + x as f64, sy + y as f64)

@@ -5,6 +5,7 @@ pub mod catchup;
 pub mod connect;
 pub mod desktop;
 pub mod fanout;
+pub mod held;
 pub mod idle;
 pub mod soak;
 pub mod storm;
@@ -83,13 +84,29 @@ impl Fleet {
         devices: usize,
         most: usize,
     ) -> Fleet {
+        Fleet::over(
+            system.addrs().to_vec(),
+            signer,
+            (0..users).map(|u| format!("{prefix}{u}")),
+            devices,
+            sources(most),
+        )
+    }
+
+    /// The users `users`, `devices` each, connection `i` to `hubs[i % hubs.len()]` from
+    /// `sources[i % sources.len()]`.
+    pub fn over(
+        hubs: Vec<SocketAddr>,
+        signer: &Signer,
+        users: impl Iterator<Item = String>,
+        devices: usize,
+        sources: Vec<IpAddr>,
+    ) -> Fleet {
         Fleet {
-            hubs: system.addrs().to_vec(),
-            tokens: (0..users)
-                .map(|u| signer.token(&format!("{prefix}{u}")))
-                .collect(),
+            hubs,
+            tokens: users.map(|u| signer.token(&u)).collect(),
             devices: devices.max(1),
-            sources: sources(most),
+            sources,
             config: PoolConfig::default(),
         }
     }
@@ -114,20 +131,42 @@ impl Fleet {
         while pool.len() < to {
             let from = pool.len();
             pool.add(self.targets(from, (from + step).min(to)), &self.config);
-            wait_for("connections", Duration::from_secs(120), || {
+            let up = wait_for("connections", Duration::from_secs(120), || {
                 pool.up_to_date() as usize >= pool.len()
             })
-            .await?;
+            .await;
+            if let Err(e) = up {
+                bail!(
+                    "{e}: {} of {} up to date, {} connected; ended: {}",
+                    pool.up_to_date(),
+                    pool.len(),
+                    pool.connected(),
+                    pool.counters.endings()
+                );
+            }
         }
         Ok(())
     }
 }
 
-/// Loopback source addresses, one per 20,000 connections.
+/// The most connections one loopback source address carries. Each takes a port of the
+/// address (bound before connecting), and the kernel's search for a free one grows with
+/// the ports in use: perf showed a load generator with 16,000 connections on one address
+/// spending most of its time in `bind` (`inet_bhash2_conflict`), blocking its runtime
+/// long enough for pongs to be late and healthy connections to time out.
+pub const PER_SOURCE: usize = 4_000;
+
+/// Loopback source addresses for `connections`, one per [`PER_SOURCE`], starting at
+/// `127.0.0.2`.
 pub fn sources(connections: usize) -> Vec<IpAddr> {
-    let n = connections.div_ceil(20_000).max(1);
+    sources_from(Ipv4Addr::new(127, 0, 0, 2), connections)
+}
+
+/// Loopback source addresses for `connections`, one per [`PER_SOURCE`], from `first` up.
+pub fn sources_from(first: Ipv4Addr, connections: usize) -> Vec<IpAddr> {
+    let n = connections.div_ceil(PER_SOURCE).max(1);
     (0..n)
-        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
+        .map(|i| IpAddr::V4(Ipv4Addr::from(u32::from(first) + i as u32)))
         .collect()
 }
 
