@@ -248,11 +248,12 @@ fn kinds(c: &Common) -> anyhow::Result<Vec<Kind>> {
 
 /// Whether `scenario` is measured on `kind`: the tray app speaks to a Belfry hub only
 /// (nothing to compare it with here); PostgreSQL and several nodes are measured where
-/// they differ from one node on SQLite: publishing, fan-out, connects, catch-up.
+/// they differ from one node on SQLite: publishing, fan-out, connects, catch-up; the
+/// connections held beyond one process's limit need several nodes.
 fn runs(kind: &Kind, scenario: &str) -> bool {
     match kind {
-        Kind::Belfry => true,
-        Kind::Node | Kind::External { .. } => scenario != "desktop",
+        Kind::Belfry => scenario != "held",
+        Kind::Node | Kind::External { .. } => !matches!(scenario, "desktop" | "held"),
         Kind::BelfryPostgres => matches!(scenario, "connect" | "fanout" | "targeted" | "catchup"),
         Kind::Cluster(_) => {
             matches!(
@@ -702,4 +703,28 @@ fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> 
     )?;
     println!("report: {}", out.join("BENCHMARKS.md").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_runs_once_on_a_cluster_sized_for_it() {
+        let cli = Cli::try_parse_from(["belfry-bench", "held", "--quick"]).expect("args");
+        let Command::Held(c) = cli.scenario else {
+            unreachable!("parsed as held")
+        };
+        let sizes = Sizes::from(&c);
+        for kind in [Kind::Belfry, Kind::Node, Kind::BelfryPostgres] {
+            assert!(!runs(&kind_for("held", &kind, &sizes), "held"), "{kind:?}");
+        }
+        let held = kind_for("held", &Kind::Cluster(3), &sizes);
+        assert_eq!(held, Kind::Cluster(sizes.held.processes()));
+        assert!(runs(&held, "held"));
+        assert_eq!(
+            kind_for("fanout", &Kind::Cluster(3), &sizes),
+            Kind::Cluster(3)
+        );
+    }
 }

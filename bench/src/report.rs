@@ -385,8 +385,9 @@ pub fn table(results: &Results, scenario: &str) -> String {
 
 /// The measured figure of a target and whether it is met, as the two cells of its row.
 fn check(results: &Results, t: &Target) -> String {
-    // On the system named, else on the first Belfry system that measured it.
-    let Some(f) = results
+    // On the system named, else on the first Belfry system that measured it (named in
+    // the row when it is not the first system of the run).
+    let Some((on, f)) = results
         .outcomes
         .iter()
         .filter(|o| t.system.map_or(o.system != PEER, |name| o.system == name))
@@ -394,6 +395,7 @@ fn check(results: &Results, t: &Target) -> String {
             o.figures
                 .iter()
                 .find(|f| f.scenario == t.scenario && f.metric == t.metric)
+                .map(|f| (o, f))
         })
     else {
         return "not measured in this run | **no**".to_owned();
@@ -403,6 +405,14 @@ fn check(results: &Results, t: &Target) -> String {
         Better::Higher | Better::Neither => f.value >= limit,
     };
     let mut measured = format!("{} {}", number(f.value), f.unit);
+    if t.system.is_none()
+        && results
+            .outcomes
+            .first()
+            .is_some_and(|o| o.system != on.system)
+    {
+        let _ = write!(measured, " on {}", on.system);
+    }
     let mut met = t.limit.is_none_or(within);
     if let Some(share) = t.peer {
         let peer = results
@@ -584,7 +594,7 @@ mod tests {
         assert!(md.contains("| on PostgreSQL | not measured in this run | **no** |"));
         // Found on the first Belfry system that measured it; never on the peer.
         assert!(
-            md.contains("| held over nodes | 100,000 connections | shown |"),
+            md.contains("| held over nodes | 100,000 connections on Belfry, 6 nodes | shown |"),
             "{md}"
         );
         assert!(md.contains("| the peer's only | not measured in this run | **no** |"));

@@ -338,38 +338,32 @@ impl Store {
     pub async fn page(&self, viewer: &Viewer, after: u64, limit: u32) -> Result<Page, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let targets: Vec<(i64, &str)> = viewer_targets(viewer).collect();
-        let mut c = self.pool.acquire().await?;
-        let mut conn = c.conn();
-        let sql = page_sql(conn.dialect(), targets.len());
-        let rows = on!(&mut conn, c => {
-            let mut query = sqlx::query(&sql)
-                .bind(&viewer.user)
-                .bind(clamp_id(after))
-                .bind(i64::from(limit) + 1)
-                .bind(now_ms());
-            for &(kind, name) in &targets {
-                query = query.bind(kind).bind(name);
+        let (after, read) = (clamp_id(after), i64::from(limit) + 1);
+        let rows = if targets.len() <= MAX_ARMS {
+            let mut c = self.pool.acquire().await?;
+            page_rows(&mut c.conn(), &viewer.user, &targets, after, read).await?
+        } else {
+            // More targets than one statement may hold: a statement per share of them,
+            // in one read transaction (one snapshot), merged here.
+            let mut tx = self.pool.begin_read().await?;
+            let mut rows = Vec::new();
+            for share in targets.chunks(MAX_ARMS) {
+                rows.extend(page_rows(&mut tx.conn(), &viewer.user, share, after, read).await?);
             }
-            query
-                .fetch_all(c)
-                .await?
-                .iter()
-                .map(page_row)
-                .collect::<Result<Vec<_>, _>>()?
-        });
+            tx.commit().await?;
+            rows
+        };
         let head = rows.first().map_or(0, |r| r.head);
-        let covered = rows.iter().filter(|r| r.covered.is_some()).count();
+        let mut covered: Vec<PageRow> = rows.into_iter().filter(|r| r.covered.is_some()).collect();
+        covered.sort_by_key(|r| r.covered);
+        covered.dedup_by_key(|r| r.covered);
         let mut page = Page {
-            notifications: Vec::with_capacity(covered.min(limit as usize)),
+            notifications: Vec::with_capacity(covered.len().min(limit as usize)),
             last_id: None,
-            more: covered > limit as usize,
+            more: covered.len() > limit as usize,
             head: u64::try_from(head).unwrap_or(0),
         };
-        for row in rows
-            .into_iter()
-            .filter(|r| r.covered.is_some())
-            .take(limit as usize)
-        {
+        for row in covered.into_iter().take(limit as usize) {
             page.last_id = row.covered.map(|id| id as u64);
             page.notifications.extend(row.notification);
         }
@@ -582,6 +576,39 @@ impl Store {
     }
 }
 
+/// The most targets one page statement reads (SQLite allows 500 terms in a compound
+/// SELECT): a viewer with more subscribed topics is read in several, in one snapshot.
+const MAX_ARMS: usize = 200;
+
+/// The rows of [`page_sql`] for `targets`: ids after `after`, `read` per target and in
+/// all.
+async fn page_rows(
+    conn: &mut Conn<'_>,
+    user: &str,
+    targets: &[(i64, &str)],
+    after: i64,
+    read: i64,
+) -> Result<Vec<PageRow>, StoreError> {
+    let sql = page_sql(conn.dialect(), targets.len());
+    let rows = on!(conn, c => {
+        let mut query = sqlx::query(&sql)
+            .bind(user)
+            .bind(after)
+            .bind(read)
+            .bind(now_ms());
+        for &(kind, name) in targets {
+            query = query.bind(kind).bind(name);
+        }
+        query
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(page_row)
+            .collect::<Result<Vec<_>, _>>()?
+    });
+    Ok(rows)
+}
+
 /// The statement of [`Store::page`] for a viewer of `targets` targets: `$1` the user, `$2`
 /// the cursor, `$3` the ids to read per arm and in all, `$4` now; then a kind and a name
 /// per target. It always returns a row (the head, with no id when the page is empty);
@@ -744,6 +771,24 @@ mod tests {
         };
         let own = store.page(&own, 0, 10).await.expect("page");
         assert_eq!(ids(&own), [1, 2, 4, 5, 9]);
+        // More topics than one statement reads: the same page, from several statements.
+        let many = Viewer {
+            user: "amy".into(),
+            topics: (0..2 * MAX_ARMS)
+                .map(|i| {
+                    if i == MAX_ARMS + 7 {
+                        "t".into()
+                    } else {
+                        format!("x{i}")
+                    }
+                })
+                .collect(),
+        };
+        let whole = store.page(&many, 0, 10).await.expect("page");
+        assert_eq!(ids(&whole), [1, 2, 3, 4, 5, 6, 9]);
+        assert_eq!((whole.last_id, whole.more, whole.head), (Some(9), false, 9));
+        let part = store.page(&many, 2, 3).await.expect("page");
+        assert_eq!((ids(&part), part.more), (vec![3, 4, 5], true));
     }
 
     /// A database written by a hub from before user state was keyed by notification keeps
