@@ -108,11 +108,14 @@ enum LinkEvent {
 }
 
 impl Link {
-    /// Marks the link down (once per outage).
-    fn lost(&self) {
+    /// Marks the link down (once per outage), saying `why`.
+    fn lost(&self, why: &str) {
         self.losses.fetch_add(1, SeqCst);
         if self.up.swap(false, SeqCst) {
-            tracing::warn!("lost the connection to Redis; serving this node's devices only");
+            tracing::warn!(
+                why,
+                "lost the connection to Redis; serving this node's devices only"
+            );
             let _ = self.events.send(LinkEvent::Down);
         }
         self.poke.notify_one();
@@ -195,7 +198,7 @@ async fn route_pushes(link: Weak<Link>, mut pushed: mpsc::UnboundedReceiver<redi
                     tracing::warn!("a Redis channel's reader is behind; a message was dropped");
                 }
             }
-            redis::PushKind::Disconnection => link.lost(),
+            redis::PushKind::Disconnection => link.lost("the connection closed"),
             _ => {}
         }
     }
@@ -226,13 +229,11 @@ async fn keep_healthy(link: Weak<Link>, poke: Arc<Notify>) {
         };
         let losses = link.losses.load(SeqCst);
         let mut conn = link.conn.clone();
-        let answered = redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .is_ok();
+        let ping = redis::cmd("PING").query_async::<String>(&mut conn).await;
+        let answered = ping.is_ok();
         if link.up.load(SeqCst) {
-            if !answered {
-                link.lost();
+            if let Err(e) = ping {
+                link.lost(&format!("a health ping failed: {e}"));
             }
             continue;
         }
