@@ -159,7 +159,7 @@ async fn measure(
         println!("{S}: {held:>11} | {rss:>18} | {per:>9.1} KB");
         points.push((held, rss));
     }
-    let (&(held, rss), connected) = (points.last().context("no step")?, ramp);
+    let &(held, rss) = points.last().context("no step")?;
     if held != n {
         bail!("only {held} of {n} connections up to date");
     }
@@ -181,23 +181,17 @@ async fn measure(
         S,
         &format!("resident memory of all nodes with {n} connections"),
         "MB",
-        rss as f64 * 1.024 / 1000.0,
+        super::idle::megabytes(rss),
         Better::Lower,
     );
     out.figure(
         S,
         "connects per second, adding them in steps",
         "1/s",
-        n as f64 / connected.as_secs_f64().max(1e-3),
+        n as f64 / ramp.as_secs_f64().max(1e-3),
         Better::Higher,
     );
-    out.line(
-        "held-memory",
-        points
-            .iter()
-            .map(|&(c, kib)| (c as f64, kib as f64 * 1.024 / 1000.0))
-            .collect(),
-    );
+    out.line("held-memory", super::idle::memory_line(&points));
 
     // Single publishes to all: the median of the times until the last connection has it.
     let publisher = system.publisher();

@@ -78,7 +78,7 @@ pub async fn run(
                 S,
                 "resident memory at 10,000 connections",
                 "MB",
-                rss as f64 * 1.024 / 1000.0,
+                megabytes(rss),
                 Better::Lower,
             );
         }
@@ -91,7 +91,7 @@ pub async fn run(
         S,
         "resident memory with no connection",
         "MB",
-        base as f64 * 1.024 / 1000.0,
+        megabytes(base),
         Better::Lower,
     );
     out.figure(
@@ -115,17 +115,24 @@ pub async fn run(
             generator as f64 * 1.024 / most.max(1) as f64
         ),
     );
-    out.line(
-        "idle-memory",
-        points
-            .iter()
-            .map(|&(c, kib)| (c as f64, kib as f64 * 1.024 / 1000.0))
-            .collect(),
-    );
+    out.line("idle-memory", memory_line(&points));
     if held != most {
         anyhow::bail!("only {held} of {most} connections held");
     }
     Ok(())
+}
+
+/// KiB as MB (10^6 bytes), as the reports give memory.
+pub(super) fn megabytes(kib: u64) -> f64 {
+    kib as f64 * 1.024 / 1000.0
+}
+
+/// Memory readings `(connections, KiB)` as a chart line of MB over connections.
+pub(super) fn memory_line(points: &[(usize, u64)]) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .map(|&(c, kib)| (c as f64, megabytes(kib)))
+        .collect()
 }
 
 /// Least-squares slope of `y` (KiB) over `x` (connections).

@@ -351,12 +351,13 @@ impl Store {
                 rows.extend(page_rows(&mut tx.conn(), &viewer.user, share, after, read).await?);
             }
             tx.commit().await?;
+            // One statement's rows come sorted and distinct; several statements' need it.
+            rows.sort_by_key(|r| r.covered);
+            rows.dedup_by_key(|r| r.covered);
             rows
         };
         let head = rows.first().map_or(0, |r| r.head);
-        let mut covered: Vec<PageRow> = rows.into_iter().filter(|r| r.covered.is_some()).collect();
-        covered.sort_by_key(|r| r.covered);
-        covered.dedup_by_key(|r| r.covered);
+        let covered: Vec<PageRow> = rows.into_iter().filter(|r| r.covered.is_some()).collect();
         let mut page = Page {
             notifications: Vec::with_capacity(covered.len().min(limit as usize)),
             last_id: None,
