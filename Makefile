@@ -39,6 +39,10 @@ test-rust:
 	$(CARGO) test --workspace
 	# The hub's suites once more on PostgreSQL (each test binary starts its own server).
 	BELFRY_TEST_STORE=postgres $(CARGO) test --workspace --test api --test delivery --test security
+	# Upstream's own suite of the patched Engine.IO (third_party/README.md); it needs the
+	# crate's test harness feature, which rebuilds that one crate and nothing else.
+	$(CARGO) test --workspace --features engineioxide/__test_harness --test disconnect_reason \
+		--test duplicate_pong --test invalid_sid --test peek_packet --test req_path --test volatile
 
 test-interop:
 	$(CARGO) build --workspace
