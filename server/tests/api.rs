@@ -64,6 +64,46 @@ async fn read_state_syncs_between_devices_both_ways() {
     hub.stop().await;
 }
 
+/// Every field of a notification reads back as it went out live: in a catch-up and in the
+/// list (both read pages from the store), with the reader's read state.
+#[tokio::test]
+async fn every_field_reads_back_from_the_store_as_it_went_out_live() {
+    let hub = TestHub::start().await;
+    let t = token("fay");
+    let (status, _) = hub.call(Method::PUT, "/subscriptions/ops", &t, None).await;
+    assert_eq!(status, 200);
+    let mut live = synced_subscriber(&hub.url, &t, Some(0)).await;
+    hub.publish(json!({
+        "to": ["user:fay"],
+        "event": "deploy.waiting",
+        "title": "Déploiement \"prod\" 🚀",
+        "body": "line one\nline two\ttab \\ back",
+        "priority": "high",
+        "tags": ["ops", "ünïcode", "quote\"d"],
+        "url": "https://example.com/d?x=1&y=2",
+        "actions": [{"label": "Open", "url": "https://example.com/a"}],
+        "data": {"n": 12345678901234_i64, "f": 1.5, "neg": -3, "deep": {"list": [true, null, "s"]}, "e": "", "ctl": "a\u{1}b"}
+    }))
+    .await;
+    hub.publish(json!({"to": ["topic:ops"], "title": "plain"}))
+        .await;
+    hub.publish(json!({"to": ["all"], "title": "everyone", "data": [1, 2]}))
+        .await;
+    let mut sent = live.live(3).await;
+    let (status, _) = hub.mark_read(&t, json!({"ids": [sent[0].id]})).await;
+    assert_eq!(status, 200);
+    sent[0].read = true;
+
+    let mut device = Subscriber::connect(&hub.url, &t, Some(0)).await;
+    let (caught, _, _) = device.catch_up().await;
+    assert_eq!(caught, sent);
+    let (_, page) = hub.call(Method::GET, "/notifications", &t, None).await;
+    let listed: Vec<belfry_protocol::Notification> =
+        serde_json::from_value(page["notifications"].clone()).unwrap();
+    assert_eq!(listed, sent);
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn subscriptions_are_stored_per_user_and_shared_by_devices() {
     let hub = TestHub::start().await;

@@ -91,6 +91,33 @@ impl Dialect {
         }
     }
 
+    /// A JSON array with the values of `exprs` (comma-separated SQL expressions) as its
+    /// elements.
+    pub(crate) fn json_array(self, exprs: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_array({exprs})"),
+            Dialect::Postgres => format!("json_build_array({exprs})"),
+        }
+    }
+
+    /// A text column holding JSON, as JSON (so it nests in [`Dialect::json_array`]
+    /// instead of becoming a string).
+    pub(crate) fn json_of(self, column: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json({column})"),
+            Dialect::Postgres => format!("CAST({column} AS json)"),
+        }
+    }
+
+    /// The aggregate of the JSON values `expr` over a query's rows, as JSON text (an
+    /// array; SQLite gives `[]` for no rows, PostgreSQL NULL).
+    pub(crate) fn json_agg(self, expr: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_group_array({expr})"),
+            Dialect::Postgres => format!("CAST(json_agg({expr}) AS text)"),
+        }
+    }
+
     /// The highest notification id ever assigned and committed (0 when none).
     pub(crate) fn head(self) -> &'static str {
         match self {

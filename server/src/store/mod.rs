@@ -339,33 +339,36 @@ impl Store {
         let limit = limit.clamp(1, MAX_PAGE);
         let targets: Vec<(i64, &str)> = viewer_targets(viewer).collect();
         let (after, read) = (clamp_id(after), i64::from(limit) + 1);
-        let rows = if targets.len() <= MAX_ARMS {
+        let (head, mut rows) = if targets.len() <= MAX_ARMS {
             let mut c = self.pool.acquire().await?;
             page_rows(&mut c.conn(), &viewer.user, &targets, after, read).await?
         } else {
             // More targets than one statement may hold: a statement per share of them,
             // in one read transaction (one snapshot), merged here.
             let mut tx = self.pool.begin_read().await?;
+            let mut head = 0;
             let mut rows = Vec::new();
             for share in targets.chunks(MAX_ARMS) {
-                rows.extend(page_rows(&mut tx.conn(), &viewer.user, share, after, read).await?);
+                let (at, share) =
+                    page_rows(&mut tx.conn(), &viewer.user, share, after, read).await?;
+                head = at;
+                rows.extend(share);
             }
             tx.commit().await?;
-            // One statement's rows come sorted and distinct; several statements' need it.
-            rows.sort_by_key(|r| r.covered);
-            rows.dedup_by_key(|r| r.covered);
-            rows
+            (head, rows)
         };
-        let head = rows.first().map_or(0, |r| r.head);
-        let covered: Vec<PageRow> = rows.into_iter().filter(|r| r.covered.is_some()).collect();
+        // One statement's ids are distinct (UNION) and nearly always come sorted already;
+        // several statements' need both.
+        rows.sort_by_key(|r| r.covered);
+        rows.dedup_by_key(|r| r.covered);
         let mut page = Page {
-            notifications: Vec::with_capacity(covered.len().min(limit as usize)),
+            notifications: Vec::with_capacity(rows.len().min(limit as usize)),
             last_id: None,
-            more: covered.len() > limit as usize,
+            more: rows.len() > limit as usize,
             head: u64::try_from(head).unwrap_or(0),
         };
-        for row in covered.into_iter().take(limit as usize) {
-            page.last_id = row.covered.map(|id| id as u64);
+        for row in rows.into_iter().take(limit as usize) {
+            page.last_id = u64::try_from(row.covered).ok();
             page.notifications.extend(row.notification);
         }
         Ok(page)
@@ -581,17 +584,17 @@ impl Store {
 /// SELECT): a viewer with more subscribed topics is read in several, in one snapshot.
 const MAX_ARMS: usize = 200;
 
-/// The rows of [`page_sql`] for `targets`: ids after `after`, `read` per target and in
-/// all.
+/// The head and the ids of [`page_sql`] for `targets`: ids after `after`, `read` per
+/// target and in all.
 async fn page_rows(
     conn: &mut Conn<'_>,
     user: &str,
     targets: &[(i64, &str)],
     after: i64,
     read: i64,
-) -> Result<Vec<PageRow>, StoreError> {
+) -> Result<(i64, Vec<PageRow>), StoreError> {
     let sql = page_sql(conn.dialect(), targets.len());
-    let rows = on!(conn, c => {
+    let (head, packed) = on!(conn, c => {
         let mut query = sqlx::query(&sql)
             .bind(user)
             .bind(after)
@@ -600,20 +603,34 @@ async fn page_rows(
         for &(kind, name) in targets {
             query = query.bind(kind).bind(name);
         }
-        query
-            .fetch_all(c)
-            .await?
-            .iter()
-            .map(page_row)
-            .collect::<Result<Vec<_>, _>>()?
+        let row = query.fetch_one(c).await?;
+        (row.int("head")?, row.opt_text("page")?)
     });
-    Ok(rows)
+    let rows = match packed {
+        Some(text) => serde_json::from_str::<Vec<(i64, rows::Packed)>>(&text)
+            .map_err(|e| sqlx::Error::ColumnDecode {
+                index: "page".to_owned(),
+                source: Box::new(e),
+            })?
+            .into_iter()
+            .map(|(covered, packed)| PageRow {
+                covered,
+                notification: packed.into_notification(),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((head, rows))
 }
 
 /// The statement of [`Store::page`] for a viewer of `targets` targets: `$1` the user, `$2`
 /// the cursor, `$3` the ids to read per arm and in all, `$4` now; then a kind and a name
-/// per target. It always returns a row (the head, with no id when the page is empty);
-/// an id covered whose notification has expired comes without the notification.
+/// per target. It returns one row: the head, and the page as one JSON array of `[id
+/// covered, notification columns]` (an id covered whose notification has expired comes
+/// with the columns NULL). One value instead of a row per notification: a row crosses
+/// from SQLite's thread to the hub's as thirteen values copied one by one, and the page's
+/// hand-offs and copies cost the hub more than SQLite's reading (bench/NOTES.md,
+/// catch-up).
 fn page_sql(dialect: Dialect, targets: usize) -> String {
     let arms: Vec<String> = (0..targets)
         .map(|i| {
@@ -626,37 +643,27 @@ fn page_sql(dialect: Dialect, targets: usize) -> String {
             )
         })
         .collect();
+    let entry = dialect.json_array(&format!(
+        "p.covered, {}",
+        dialect.json_array(&rows::packed_columns(dialect))
+    ));
     format!(
         "WITH picked AS ({arms} ORDER BY covered LIMIT $3) \
-         SELECT h.head, p.covered, {cols}, s.read_at \
-         FROM (SELECT ({head}) AS head) AS h \
-         LEFT JOIN picked p ON true \
-         LEFT JOIN notifications n ON n.id = p.covered AND n.expires_at > $4 \
-         LEFT JOIN user_state s ON s.user_id = $1 AND s.notification_id = n.id \
-         ORDER BY p.covered",
+         SELECT ({head}) AS head, \
+         (SELECT {page} FROM picked p \
+          LEFT JOIN notifications n ON n.id = p.covered AND n.expires_at > $4 \
+          LEFT JOIN user_state s ON s.user_id = $1 AND s.notification_id = n.id) AS page",
         arms = arms.join(" UNION "),
-        cols = rows::COLUMNS,
         head = dialect.head(),
+        page = dialect.json_agg(&entry),
     )
 }
 
-/// A row of [`page_sql`].
+/// An id a page covered.
 struct PageRow {
-    head: i64,
-    covered: Option<i64>,
+    covered: i64,
     /// `None` where the id covered has expired.
     notification: Option<Notification>,
-}
-
-fn page_row(row: &impl rows::StoreRow) -> Result<PageRow, sqlx::Error> {
-    Ok(PageRow {
-        head: row.int("head")?,
-        covered: row.opt_int("covered")?,
-        notification: match row.opt_int("id")? {
-            Some(_) => Some(rows::notification(row)?),
-            None => None,
-        },
-    })
 }
 
 /// The `(kind, name)` target keys whose notifications `viewer` sees.

@@ -1,6 +1,8 @@
 //! Mapping between stored rows and wire notifications.
 
-use belfry_protocol::{Notification, Priority};
+use super::db::Dialect;
+use belfry_protocol::{Action, Notification, Priority};
+use serde::Deserialize;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use time::OffsetDateTime;
 
@@ -79,6 +81,65 @@ pub(crate) fn notification(row: &impl StoreRow) -> Result<Notification, sqlx::Er
         expires_at: from_ms(row.int("expires_at")?),
         read: read_at.is_some(),
     })
+}
+
+/// The notification columns of [`COLUMNS`] and `read_at` as the elements of one JSON
+/// array, JSON columns nested as JSON: a statement that returns many notifications in one
+/// value ([`Packed`] reads them back).
+pub(crate) fn packed_columns(dialect: Dialect) -> String {
+    let json = |c: &str| dialect.json_of(c);
+    format!(
+        "n.id, n.event, n.title, n.body, n.priority, {tags}, n.url, {actions}, {data}, \
+         n.topic, n.created_at, n.expires_at, s.read_at",
+        tags = json("n.tags"),
+        actions = json("n.actions"),
+        data = json("n.data"),
+    )
+}
+
+/// A notification read from [`packed_columns`], all of it NULL where the row's LEFT JOIN
+/// found none.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Packed(
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<Vec<String>>,
+    Option<String>,
+    Option<Vec<Action>>,
+    Option<serde_json::Value>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+impl Packed {
+    /// The notification, or `None` where there was none.
+    pub(crate) fn into_notification(self) -> Option<Notification> {
+        let Packed(id, event, title, body, priority, tags, url, actions, data, topic, c, e, r) =
+            self;
+        Some(Notification {
+            id: u64::try_from(id?).unwrap_or(0),
+            event: event?,
+            title: title?,
+            body: body?,
+            priority: priority
+                .and_then(|p| u8::try_from(p).ok())
+                .and_then(Priority::from_level)
+                .unwrap_or_default(),
+            tags: tags.unwrap_or_default(),
+            url,
+            actions: actions.unwrap_or_default(),
+            data: data.unwrap_or(serde_json::Value::Null),
+            topic,
+            created_at: from_ms(c?),
+            expires_at: from_ms(e?),
+            read: r.is_some(),
+        })
+    }
 }
 
 #[cfg(test)]
