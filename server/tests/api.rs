@@ -65,14 +65,18 @@ async fn read_state_syncs_between_devices_both_ways() {
 }
 
 /// Every field of a notification reads back as it went out live: in a catch-up and in the
-/// list (both read pages from the store), with the reader's read state.
+/// list (both read pages from the store, packed as one JSON value by the database) and on
+/// a first connection (newest unread, read row by row), with each reader's read state.
 #[tokio::test]
 async fn every_field_reads_back_from_the_store_as_it_went_out_live() {
     let hub = TestHub::start().await;
-    let t = token("fay");
-    let (status, _) = hub.call(Method::PUT, "/subscriptions/ops", &t, None).await;
+    let (fay, gus) = (token("fay"), token("gus"));
+    let (status, _) = hub
+        .call(Method::PUT, "/subscriptions/ops", &fay, None)
+        .await;
     assert_eq!(status, 200);
-    let mut live = synced_subscriber(&hub.url, &t, Some(0)).await;
+    let mut live = synced_subscriber(&hub.url, &fay, Some(0)).await;
+    let mut other = synced_subscriber(&hub.url, &gus, Some(0)).await;
     hub.publish(json!({
         "to": ["user:fay"],
         "event": "deploy.waiting",
@@ -82,7 +86,12 @@ async fn every_field_reads_back_from_the_store_as_it_went_out_live() {
         "tags": ["ops", "ünïcode", "quote\"d"],
         "url": "https://example.com/d?x=1&y=2",
         "actions": [{"label": "Open", "url": "https://example.com/a"}],
-        "data": {"n": 12345678901234_i64, "f": 1.5, "neg": -3, "deep": {"list": [true, null, "s"]}, "e": "", "ctl": "a\u{1}b"}
+        "data": {
+            "big": u64::MAX, "min": i64::MIN, "n": 12345678901234_i64,
+            "one": 1.0, "neg_zero": -0.0, "f": 1.5, "huge": 1e300, "tiny": 2.5e-300,
+            "deep": {"list": [true, null, "s", [], {}]}, "e": "", "ctl": "a\u{0}b\u{1f}c",
+            "keys": {"z": 1, "a": 2}
+        }
     }))
     .await;
     hub.publish(json!({"to": ["topic:ops"], "title": "plain"}))
@@ -90,17 +99,30 @@ async fn every_field_reads_back_from_the_store_as_it_went_out_live() {
     hub.publish(json!({"to": ["all"], "title": "everyone", "data": [1, 2]}))
         .await;
     let mut sent = live.live(3).await;
-    let (status, _) = hub.mark_read(&t, json!({"ids": [sent[0].id]})).await;
+    let everyone = other.live(1).await;
+    let (status, _) = hub
+        .mark_read(&fay, json!({"ids": [sent[0].id, sent[2].id]}))
+        .await;
     assert_eq!(status, 200);
     sent[0].read = true;
+    sent[2].read = true;
 
-    let mut device = Subscriber::connect(&hub.url, &t, Some(0)).await;
+    let mut device = Subscriber::connect(&hub.url, &fay, Some(0)).await;
     let (caught, _, _) = device.catch_up().await;
     assert_eq!(caught, sent);
-    let (_, page) = hub.call(Method::GET, "/notifications", &t, None).await;
+    let (_, page) = hub.call(Method::GET, "/notifications", &fay, None).await;
     let listed: Vec<belfry_protocol::Notification> =
         serde_json::from_value(page["notifications"].clone()).unwrap();
     assert_eq!(listed, sent);
+    // A first connection reads the newest unread: the one notification fay has not read.
+    let mut first = Subscriber::connect(&hub.url, &fay, None).await;
+    let (unread, _, _) = first.catch_up().await;
+    assert_eq!(unread, vec![sent[1].clone()]);
+    // Another reader of the same notification has their own read state.
+    let mut gus_device = Subscriber::connect(&hub.url, &gus, Some(0)).await;
+    let (theirs, _, _) = gus_device.catch_up().await;
+    assert_eq!(theirs, everyone);
+    assert!(!theirs[0].read);
     hub.stop().await;
 }
 

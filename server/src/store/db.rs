@@ -101,7 +101,9 @@ impl Dialect {
     }
 
     /// A text column holding JSON, as JSON (so it nests in [`Dialect::json_array`]
-    /// instead of becoming a string).
+    /// instead of becoming a string). Both keep the stored text's numbers and escapes as
+    /// they are. Not `jsonb` on PostgreSQL: it refuses `\u0000` (which stored `data` may
+    /// hold), and it reorders keys and rewrites numbers.
     pub(crate) fn json_of(self, column: &str) -> String {
         match self {
             Dialect::Sqlite => format!("json({column})"),
@@ -110,7 +112,7 @@ impl Dialect {
     }
 
     /// The aggregate of the JSON values `expr` over a query's rows, as JSON text (an
-    /// array; SQLite gives `[]` for no rows, PostgreSQL NULL).
+    /// array in no particular order; SQLite gives `[]` for no rows, PostgreSQL NULL).
     pub(crate) fn json_agg(self, expr: &str) -> String {
         match self {
             Dialect::Sqlite => format!("json_group_array({expr})"),

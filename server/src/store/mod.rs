@@ -339,24 +339,31 @@ impl Store {
         let limit = limit.clamp(1, MAX_PAGE);
         let targets: Vec<(i64, &str)> = viewer_targets(viewer).collect();
         let (after, read) = (clamp_id(after), i64::from(limit) + 1);
-        let (head, mut rows) = if targets.len() <= MAX_ARMS {
+        // Each statement's page is parsed once its connection is back in the pool.
+        let (head, texts) = if targets.len() <= MAX_ARMS {
             let mut c = self.pool.acquire().await?;
-            page_rows(&mut c.conn(), &viewer.user, &targets, after, read).await?
+            let (head, text) =
+                page_text(&mut c.conn(), &viewer.user, &targets, after, read).await?;
+            (head, vec![text])
         } else {
             // More targets than one statement may hold: a statement per share of them,
             // in one read transaction (one snapshot), merged here.
             let mut tx = self.pool.begin_read().await?;
             let mut head = 0;
-            let mut rows = Vec::new();
+            let mut texts = Vec::new();
             for share in targets.chunks(MAX_ARMS) {
-                let (at, share) =
-                    page_rows(&mut tx.conn(), &viewer.user, share, after, read).await?;
+                let (at, text) =
+                    page_text(&mut tx.conn(), &viewer.user, share, after, read).await?;
                 head = at;
-                rows.extend(share);
+                texts.push(text);
             }
             tx.commit().await?;
-            (head, rows)
+            (head, texts)
         };
+        let mut rows = Vec::new();
+        for text in texts.iter().flatten() {
+            rows.extend(unpack(text)?);
+        }
         // One statement's ids are distinct (UNION) and nearly always come sorted already;
         // several statements' need both.
         rows.sort_by_key(|r| r.covered);
@@ -584,17 +591,17 @@ impl Store {
 /// SELECT): a viewer with more subscribed topics is read in several, in one snapshot.
 const MAX_ARMS: usize = 200;
 
-/// The head and the ids of [`page_sql`] for `targets`: ids after `after`, `read` per
-/// target and in all.
-async fn page_rows(
+/// The head and the page of [`page_sql`] for `targets` (ids after `after`, `read` per
+/// target and in all), as the database wrote it; `None` for no ids on PostgreSQL.
+async fn page_text(
     conn: &mut Conn<'_>,
     user: &str,
     targets: &[(i64, &str)],
     after: i64,
     read: i64,
-) -> Result<(i64, Vec<PageRow>), StoreError> {
+) -> Result<(i64, Option<String>), StoreError> {
     let sql = page_sql(conn.dialect(), targets.len());
-    let (head, packed) = on!(conn, c => {
+    let page = on!(conn, c => {
         let mut query = sqlx::query(&sql)
             .bind(user)
             .bind(after)
@@ -606,21 +613,25 @@ async fn page_rows(
         let row = query.fetch_one(c).await?;
         (row.int("head")?, row.opt_text("page")?)
     });
-    let rows = match packed {
-        Some(text) => serde_json::from_str::<Vec<(i64, rows::Packed)>>(&text)
-            .map_err(|e| sqlx::Error::ColumnDecode {
-                index: "page".to_owned(),
-                source: Box::new(e),
-            })?
-            .into_iter()
-            .map(|(covered, packed)| PageRow {
-                covered,
-                notification: packed.into_notification(),
-            })
-            .collect(),
-        None => Vec::new(),
+    Ok(page)
+}
+
+/// The ids covered in a page of [`page_sql`], with their notifications.
+fn unpack(text: &str) -> Result<Vec<PageRow>, StoreError> {
+    let decode = |e: Box<dyn std::error::Error + Send + Sync>| sqlx::Error::ColumnDecode {
+        index: "page".to_owned(),
+        source: e,
     };
-    Ok((head, rows))
+    let entries: Vec<(i64, rows::Packed)> =
+        serde_json::from_str(text).map_err(|e| decode(Box::new(e)))?;
+    let mut rows = Vec::with_capacity(entries.len());
+    for (covered, packed) in entries {
+        rows.push(PageRow {
+            covered,
+            notification: packed.into_notification()?,
+        });
+    }
+    Ok(rows)
 }
 
 /// The statement of [`Store::page`] for a viewer of `targets` targets: `$1` the user, `$2`
@@ -628,9 +639,9 @@ async fn page_rows(
 /// per target. It returns one row: the head, and the page as one JSON array of `[id
 /// covered, notification columns]` (an id covered whose notification has expired comes
 /// with the columns NULL). One value instead of a row per notification: a row crosses
-/// from SQLite's thread to the hub's as thirteen values copied one by one, and the page's
+/// from SQLite's thread to the hub's as fifteen values copied one by one, and the page's
 /// hand-offs and copies cost the hub more than SQLite's reading (bench/NOTES.md,
-/// catch-up).
+/// catch-up). The array's order is unspecified: [`Store::page`] sorts it.
 fn page_sql(dialect: Dialect, targets: usize) -> String {
     let arms: Vec<String> = (0..targets)
         .map(|i| {

@@ -97,8 +97,8 @@ pub(crate) fn packed_columns(dialect: Dialect) -> String {
     )
 }
 
-/// A notification read from [`packed_columns`], all of it NULL where the row's LEFT JOIN
-/// found none.
+/// A notification read from [`packed_columns`] (the elements by position, in that order),
+/// all of it NULL where the row's LEFT JOIN found none.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Packed(
     Option<i64>,
@@ -117,34 +117,68 @@ pub(crate) struct Packed(
 );
 
 impl Packed {
-    /// The notification, or `None` where there was none.
-    pub(crate) fn into_notification(self) -> Option<Notification> {
+    /// The notification, or `None` where there was none (no id). A notification with a
+    /// column missing that its table requires is an error, as it is for
+    /// [`notification`]: never a notification skipped as if it had expired, nor one
+    /// with a default in place of what was stored.
+    pub(crate) fn into_notification(self) -> Result<Option<Notification>, sqlx::Error> {
         let Packed(id, event, title, body, priority, tags, url, actions, data, topic, c, e, r) =
             self;
-        Some(Notification {
-            id: u64::try_from(id?).unwrap_or(0),
-            event: event?,
-            title: title?,
-            body: body?,
-            priority: priority
-                .and_then(|p| u8::try_from(p).ok())
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let missing = |col: &str| sqlx::Error::ColumnDecode {
+            index: col.to_owned(),
+            source: format!("notification {id} has no {col} in its page entry").into(),
+        };
+        Ok(Some(Notification {
+            id: u64::try_from(id).unwrap_or(0),
+            event: event.ok_or_else(|| missing("event"))?,
+            title: title.ok_or_else(|| missing("title"))?,
+            body: body.ok_or_else(|| missing("body"))?,
+            priority: u8::try_from(priority.ok_or_else(|| missing("priority"))?)
+                .ok()
                 .and_then(Priority::from_level)
                 .unwrap_or_default(),
-            tags: tags.unwrap_or_default(),
+            tags: tags.ok_or_else(|| missing("tags"))?,
             url,
-            actions: actions.unwrap_or_default(),
+            actions: actions.ok_or_else(|| missing("actions"))?,
+            // A JSON `null` in `data` reads as `None`: the column itself is never NULL.
             data: data.unwrap_or(serde_json::Value::Null),
             topic,
-            created_at: from_ms(c?),
-            expires_at: from_ms(e?),
+            created_at: from_ms(c.ok_or_else(|| missing("created_at"))?),
+            expires_at: from_ms(e.ok_or_else(|| missing("expires_at"))?),
             read: r.is_some(),
-        })
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_entry_is_a_notification_none_or_an_error() {
+        let full = r#"[7, "e", "t", "b", 4, ["x"], null, [], {"k": 1}, "ops", 1000, 2000, null]"#;
+        let n = serde_json::from_str::<Packed>(full)
+            .expect("parse")
+            .into_notification()
+            .expect("decode")
+            .expect("a notification");
+        assert_eq!(
+            (n.id, n.title.as_str(), n.priority),
+            (7, "t", Priority::High)
+        );
+        assert_eq!((n.topic.as_deref(), n.read), (Some("ops"), false));
+        // An id the page covered whose notification has expired: all NULL.
+        let none = format!("[{}]", ["null"; 13].join(", "));
+        let packed = serde_json::from_str::<Packed>(&none).expect("parse");
+        assert!(packed.into_notification().expect("decode").is_none());
+        // A required column missing is an error, never a notification skipped.
+        let holed = r#"[7, "e", null, "b", 4, ["x"], null, [], null, null, 1000, 2000, null]"#;
+        let packed = serde_json::from_str::<Packed>(holed).expect("parse");
+        assert!(packed.into_notification().is_err());
+    }
 
     #[test]
     fn millisecond_times_round_trip() {
