@@ -618,12 +618,11 @@ async fn page_text(
 
 /// The ids covered in a page of [`page_sql`], with their notifications.
 fn unpack(text: &str) -> Result<Vec<PageRow>, StoreError> {
-    let decode = |e: Box<dyn std::error::Error + Send + Sync>| sqlx::Error::ColumnDecode {
-        index: "page".to_owned(),
-        source: e,
-    };
     let entries: Vec<(i64, rows::Packed)> =
-        serde_json::from_str(text).map_err(|e| decode(Box::new(e)))?;
+        serde_json::from_str(text).map_err(|e| sqlx::Error::ColumnDecode {
+            index: "page".to_owned(),
+            source: Box::new(e),
+        })?;
     let mut rows = Vec::with_capacity(entries.len());
     for (covered, packed) in entries {
         rows.push(PageRow {

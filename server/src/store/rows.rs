@@ -68,10 +68,7 @@ pub(crate) fn notification(row: &impl StoreRow) -> Result<Notification, sqlx::Er
         event: row.text("event")?,
         title: row.text("title")?,
         body: row.text("body")?,
-        priority: u8::try_from(priority)
-            .ok()
-            .and_then(Priority::from_level)
-            .unwrap_or_default(),
+        priority: priority_of(priority),
         tags: json_column(row, "tags")?,
         url: row.opt_text("url")?,
         actions: json_column(row, "actions")?,
@@ -87,14 +84,23 @@ pub(crate) fn notification(row: &impl StoreRow) -> Result<Notification, sqlx::Er
 /// array, JSON columns nested as JSON: a statement that returns many notifications in one
 /// value ([`Packed`] reads them back).
 pub(crate) fn packed_columns(dialect: Dialect) -> String {
-    let json = |c: &str| dialect.json_of(c);
-    format!(
-        "n.id, n.event, n.title, n.body, n.priority, {tags}, n.url, {actions}, {data}, \
-         n.topic, n.created_at, n.expires_at, s.read_at",
-        tags = json("n.tags"),
-        actions = json("n.actions"),
-        data = json("n.data"),
-    )
+    COLUMNS
+        .split(", ")
+        .map(|c| match c {
+            "n.tags" | "n.actions" | "n.data" => dialect.json_of(c),
+            _ => c.to_owned(),
+        })
+        .chain(["s.read_at".to_owned()])
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The priority stored as its level (a level out of range reads as the default).
+fn priority_of(level: i64) -> Priority {
+    u8::try_from(level)
+        .ok()
+        .and_then(Priority::from_level)
+        .unwrap_or_default()
 }
 
 /// A notification read from [`packed_columns`] (the elements by position, in that order),
@@ -136,10 +142,7 @@ impl Packed {
             event: event.ok_or_else(|| missing("event"))?,
             title: title.ok_or_else(|| missing("title"))?,
             body: body.ok_or_else(|| missing("body"))?,
-            priority: u8::try_from(priority.ok_or_else(|| missing("priority"))?)
-                .ok()
-                .and_then(Priority::from_level)
-                .unwrap_or_default(),
+            priority: priority_of(priority.ok_or_else(|| missing("priority"))?),
             tags: tags.ok_or_else(|| missing("tags"))?,
             url,
             actions: actions.ok_or_else(|| missing("actions"))?,
