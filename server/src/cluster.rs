@@ -72,6 +72,8 @@ pub const CHANNEL_BUFFER: usize = 8192;
 const MAX_PING_PAUSE: Duration = Duration::from_secs(1);
 /// How often Redis is pinged while the link is up.
 const HEALTH_PING: Duration = Duration::from_secs(5);
+/// How long Redis has to answer a command (a ping included).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The pauses between pings while Redis is unreachable: 50 ms, doubling up to
 /// [`MAX_PING_PAUSE`].
 const DOWN_PINGS: ExponentialBuilder = ExponentialBuilder::new()
@@ -95,6 +97,8 @@ struct Link {
     losses: AtomicU64,
     /// Wakes the health task at once (a lost connection).
     poke: Arc<Notify>,
+    /// How often the health task pings while the link is up ([`HEALTH_PING`]).
+    health_every: Duration,
     /// Each outage and each return, in order (never merged), for [`recover_after_outages`].
     events: mpsc::UnboundedSender<LinkEvent>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<LinkEvent>>>,
@@ -133,6 +137,14 @@ impl std::fmt::Debug for RedisLink {
 impl RedisLink {
     /// Connects, with RESP3 (see [`resp3_url`]).
     pub async fn connect(url: &str) -> Result<RedisLink, redis::RedisError> {
+        RedisLink::connect_pinging(url, HEALTH_PING).await
+    }
+
+    /// Connects, pinging every `health_every` while the link is up.
+    async fn connect_pinging(
+        url: &str,
+        health_every: Duration,
+    ) -> Result<RedisLink, redis::RedisError> {
         let url = crate::config::resp3_url(url).map_err(|why| {
             redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad Redis URL", why))
         })?;
@@ -142,7 +154,7 @@ impl RedisLink {
             .set_push_sender(pushes)
             .set_automatic_resubscription()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             // A few quick tries; after them the watchdog below keeps pinging.
             .set_number_of_retries(3)
             .set_max_delay(MAX_PING_PAUSE);
@@ -154,6 +166,7 @@ impl RedisLink {
             up: AtomicBool::new(true),
             losses: AtomicU64::new(0),
             poke: Arc::new(Notify::new()),
+            health_every,
             events,
             events_rx: Mutex::new(Some(events_rx)),
         });
@@ -208,11 +221,18 @@ async fn route_pushes(link: Weak<Link>, mut pushed: mpsc::UnboundedReceiver<redi
 /// connection pokes it); while it is down, pings more often until Redis answers, then
 /// subscribes every channel again and reports the link up, unless the connection was
 /// lost again meanwhile. Ends when the link is dropped.
+///
+/// A ping shares the one connection with everything else the node sends, so under a
+/// heavy fan-out it can wait behind that traffic for longer than [`RESPONSE_TIMEOUT`]
+/// while Redis is fine. A ping that timed out is therefore sent once more at once, and
+/// only a second timeout marks the link lost: a Redis that hangs is noticed after two
+/// timeouts, one that closes the connection at once (as before, through the push of
+/// its disconnection).
 async fn keep_healthy(link: Weak<Link>, poke: Arc<Notify>) {
     let mut pauses = DOWN_PINGS.build();
     loop {
         let wait = match link.upgrade() {
-            Some(link) if link.up.load(SeqCst) => HEALTH_PING,
+            Some(link) if link.up.load(SeqCst) => link.health_every,
             Some(_) => pauses.next().unwrap_or(MAX_PING_PAUSE),
             None => return,
         };
@@ -229,7 +249,11 @@ async fn keep_healthy(link: Weak<Link>, poke: Arc<Notify>) {
         };
         let losses = link.losses.load(SeqCst);
         let mut conn = link.conn.clone();
-        let ping = redis::cmd("PING").query_async::<String>(&mut conn).await;
+        let mut ping = ping_once(&mut conn).await;
+        if link.up.load(SeqCst) && ping.as_ref().is_err_and(redis::RedisError::is_timeout) {
+            tracing::debug!("a health ping timed out; sending another");
+            ping = ping_once(&mut conn).await;
+        }
         let answered = ping.is_ok();
         if link.up.load(SeqCst) {
             if let Err(e) = ping {
@@ -258,6 +282,11 @@ async fn keep_healthy(link: Weak<Link>, poke: Arc<Notify>) {
             let _ = link.events.send(LinkEvent::Up);
         }
     }
+}
+
+/// One PING, answered or not within [`RESPONSE_TIMEOUT`].
+async fn ping_once(conn: &mut ConnectionManager) -> Result<String, redis::RedisError> {
+    redis::cmd("PING").query_async::<String>(conn).await
 }
 
 impl Driver for RedisLink {
@@ -496,5 +525,60 @@ async fn resync<A: Adapter>(state: &SharedState<A>, outage: Outage) {
                 tracing::debug!(error = %e, "re-sending read marks");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use belfry_testkit::Redis;
+
+    /// Holds back every command of every other client of `redis` for `pause`.
+    async fn pause(redis: &Redis, pause: Duration) {
+        let client = redis::Client::open(redis.url()).expect("the test's Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to the test's Redis");
+        let millis = u64::try_from(pause.as_millis()).expect("a short pause");
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(millis)
+            .arg("ALL")
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("CLIENT PAUSE");
+    }
+
+    async fn next(events: &mut mpsc::UnboundedReceiver<LinkEvent>) -> Option<LinkEvent> {
+        tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .expect("the link reported nothing in 15 s")
+    }
+
+    #[tokio::test]
+    async fn a_ping_held_up_behind_traffic_is_no_outage_but_a_hung_redis_is() {
+        let redis = Redis::start().await;
+        let link = RedisLink::connect_pinging(&redis.url(), Duration::from_millis(100))
+            .await
+            .expect("the link connects");
+        let mut events = link.take_events().expect("the link's events");
+
+        // Held for 3 s: the ping in flight times out after 2 s, the one sent right after
+        // it is answered when Redis goes on.
+        pause(&redis, Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(link.0.up.load(SeqCst), "the link stayed up");
+        assert_eq!(link.0.losses.load(SeqCst), 0);
+        assert!(events.try_recv().is_err(), "no outage was reported");
+
+        // Held for 7 s: two pings in a row time out, so the link is lost; it is back as
+        // soon as Redis answers again.
+        pause(&redis, Duration::from_secs(7)).await;
+        assert_eq!(next(&mut events).await, Some(LinkEvent::Down));
+        assert_eq!(next(&mut events).await, Some(LinkEvent::Up));
+        assert!(link.0.up.load(SeqCst));
+        let mut conn = link.0.conn.clone();
+        assert_eq!(ping_once(&mut conn).await.expect("a ping"), "PONG");
     }
 }
