@@ -69,7 +69,7 @@ impl<A: HubAdapter> std::fmt::Debug for Hub<A> {
 const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The WebSocket read buffer of each socket.
-const WS_READ_BUFFER: usize = 1024;
+const WS_READ_BUFFER: usize = 512;
 
 impl<A: HubAdapter> Hub<A> {
     /// Opens the store, starts the writer, delivery and retention tasks and registers the
@@ -99,8 +99,9 @@ impl<A: HubAdapter> Hub<A> {
             // The same bound over WebSocket (max_payload covers polling only).
             .ws_max_message_size(2 * belfry_protocol::limits::MAX_BODY_BYTES)
             .ws_max_frame_size(2 * belfry_protocol::limits::MAX_BODY_BYTES)
-            // Subscribers send small events (acks, reads); a larger message is read in
-            // more than one pass. Every idle socket holds this buffer (default 4 KiB).
+            // Subscribers send small events (acks, reads: tens of bytes); a larger message
+            // is read in more than one pass. Every idle socket holds this buffer (default
+            // 4 KiB; 1 KiB before, measured in bench/NOTES.md).
             .ws_read_buffer_size(WS_READ_BUFFER)
             // Engine.IO's default, named: a catch-up's bound in memory depends on it.
             .max_buffer_size(catch_up::SOCKET_BUFFER)

@@ -310,10 +310,10 @@ impl Default for OpenPacket {
 /// Buffered packets to send to the client.
 /// It is used to ensure atomicity when sending multiple packets to the client.
 ///
-/// The [`PacketBuf`] stack size will impact the dynamically allocated buffer
-/// of the internal mpsc channel: tokio allocates the channel's first block of 32 slots
-/// when a socket is created, so each inline packet costs 32 × 40 bytes per socket.
-/// Nearly every send is one packet; a message with binary attachments spills to the heap.
+/// The [`PacketBuf`] stack size is the size of every packet waiting in a socket's send
+/// queue, and engineioxide keeps a place for one inline in every socket: memory per
+/// connection. Nearly every send is one packet; a message with binary attachments spills
+/// to the heap.
 pub type PacketBuf = SmallVec<[Packet; 1]>;
 
 #[cfg(test)]
@@ -416,8 +416,8 @@ mod tests {
         );
     }
 
-    /// Every socket's send queue is a block of 32 [`PacketBuf`]s, allocated when the socket
-    /// is made: these sizes are memory per connection.
+    /// Every socket holds a place for one [`PacketBuf`] in its send queue, and each packet
+    /// waiting there takes this much: these sizes are memory per connection.
     #[test]
     fn queued_packets_stay_small() {
         assert!(

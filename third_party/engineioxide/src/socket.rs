@@ -64,16 +64,14 @@ use std::{
     time::Duration,
 };
 
+use crate::queue::{QueuePermit, SendQueue};
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
+use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex,
-    mpsc::{self, Receiver, error::TrySendError},
-    watch,
-};
+use tokio::sync::{Mutex, Notify, mpsc::error::TrySendError};
 
 pub use engineioxide_core::Sid;
 use tokio_util::sync::CancellationToken;
@@ -114,7 +112,7 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
-    inner: mpsc::Permit<'a, PacketBuf>,
+    inner: QueuePermit<'a, PacketBuf>,
 }
 impl Permit<'_> {
     /// Consume the permit and emit a message to the client.
@@ -153,23 +151,47 @@ impl Permit<'_> {
     }
 }
 
-#[derive(Debug)]
+/// What the transport that holds [`Socket::internal_rx`] owns: the right to receive from
+/// [`Socket::queue`], and a packet peeked from it by an earlier polling request.
+#[derive(Debug, Default)]
 pub(crate) struct InternalRx {
-    pub buffered_rx: Receiver<PacketBuf>,
     pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
 }
 
-impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<PacketBuf>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
-        Self {
-            buffered_rx,
-            peeked_packet: None,
-            volatile_rx,
+/// The latest volatile [`PacketBuf`] waiting for the transport; a later one replaces it.
+///
+/// A slot and a signal rather than a [`watch`](tokio::sync::watch) channel: a watch channel
+/// allocates its shared state and its notifiers when it is made, so every connection paid
+/// for it whether or not anything volatile was ever sent to it.
+#[derive(Debug, Default)]
+pub(crate) struct VolatileSlot {
+    latest: std::sync::Mutex<Option<PacketBuf>>,
+    ready: Notify,
+}
+
+impl VolatileSlot {
+    /// Puts `packets` in the slot, replacing what was there, and wakes the transport.
+    fn put(&self, packets: PacketBuf) {
+        *self.lock() = Some(packets);
+        self.ready.notify_one();
+    }
+
+    /// Waits until the slot holds packets and takes them.
+    pub(crate) async fn next(&self) -> PacketBuf {
+        loop {
+            if let Some(packets) = self.lock().take() {
+                return packets;
+            }
+            // A put between the check and here leaves a permit: this returns at once.
+            self.ready.notified().await;
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<PacketBuf>> {
+        // The slot holds no invariant a panic could break.
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -199,33 +221,31 @@ where
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
 
-    /// Channel to send [`PacketBuf`] to the connection
+    /// The right to receive from [`Socket::queue`], the [`PacketBuf`]s for the connection
     ///
     /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
     ///
-    /// It is locked if [`EngineIo`](crate::engine) is currently reading from it :
+    /// It is locked if [`EngineIo`](crate::engine) is currently reading from the queue :
     /// * In case of polling transport it will be locked and released for each request
     /// * In case of websocket transport it will always be locked until the connection is closed
     ///
     /// Closing behavior is driven by the [`Socket::cancellation_token`].
-    ///
-    /// The channel is made of a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
     pub(crate) internal_rx: Mutex<InternalRx>,
 
-    /// Channel to send [PacketBuf] to the internal connection
-    pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
+    /// The [PacketBuf]s waiting for the connection, at most `max_buffer_size` of them.
+    ///
+    /// Each item is a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
+    pub(crate) queue: SendQueue<PacketBuf>,
 
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
+    /// Volatile [PacketBuf]s that bypass the internal buffer. Only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
+    pub(crate) volatile: VolatileSlot,
 
-    /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
-    /// which is running in a separate task
-    heartbeat_rx: Mutex<Receiver<()>>,
-    /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
-    /// which is running in a separate task
-    pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    /// Signals a Pong [`Packet`] (v4 protocol) or a Ping (v3 protocol) from the connection to
+    /// the heartbeat job, which runs in a task of its own. It holds at most one signal, as a
+    /// channel of one slot would, without allocating (a tokio channel allocates a block of
+    /// 32 slots whatever its capacity, and every connection has one of these).
+    pub(crate) heartbeat: Notify,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -254,23 +274,18 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         supports_binary: bool,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         Self {
             id: Sid::new(),
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
-            internal_tx,
+            internal_rx: Mutex::new(InternalRx::default()),
+            queue: SendQueue::new(config.max_buffer_size),
 
-            volatile_tx,
+            volatile: VolatileSlot::default(),
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -287,7 +302,7 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
+        self.queue
             .try_send(smallvec![packet])
             .map_err(|p| match p {
                 TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
@@ -352,11 +367,6 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
@@ -368,7 +378,7 @@ where
         let timer = tokio::time::sleep_until(due);
         tokio::pin!(timer);
         // Some clients send the pong packet in first. If that happens, we should consume it.
-        heartbeat_rx.try_recv().ok();
+        self.heartbeat.notified().now_or_never();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
@@ -381,7 +391,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.internal_tx
+            self.queue
                 .try_send(smallvec![Packet::Ping])
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
@@ -391,7 +401,7 @@ where
             timer.as_mut().reset(tokio::time::Instant::now() + timeout);
             tokio::select! {
                 biased;
-                pong = heartbeat_rx.recv() => pong.ok_or(Error::HeartbeatTimeout)?,
+                () = self.heartbeat.notified() => {}
                 _ = timer.as_mut() => return Err(Error::HeartbeatTimeout),
             }
 
@@ -406,23 +416,17 @@ where
 
     #[cfg(feature = "v3")]
     async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
 
         loop {
-            tokio::time::timeout(interval + timeout, heartbeat_rx.recv())
+            tokio::time::timeout(interval + timeout, self.heartbeat.notified())
                 .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+                .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
+            self.queue
                 .try_send(smallvec![Packet::Pong])
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
@@ -457,7 +461,7 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
+        let permit = self.queue.try_reserve()?;
         Ok(Permit { inner: permit })
     }
 
@@ -488,12 +492,12 @@ where
     /// Returns true if the socket is closed
     /// It means that no more packets can be sent to the client
     pub fn is_closed(&self) -> bool {
-        self.internal_tx.is_closed()
+        self.queue.is_closed()
     }
 
     /// Wait for the socket to be fully closed
     pub async fn closed(&self) {
-        self.internal_tx.closed().await
+        self.queue.closed().await
     }
 
     /// Emits a binary message to the client.
@@ -519,11 +523,11 @@ where
     /// Volatile messages may be dropped if the transport is not ready to
     /// receive them.
     ///
-    /// Because volatile messages bypass the main mpsc buffer queue, they may
+    /// Because volatile messages bypass the main buffer queue, they may
     /// arrive out of order relative to regular messages.
     ///
-    /// Returns `true` if the message was queued for sending, `false` if it
-    /// was dropped (channel full or transport shutting down).
+    /// Returns `true` if the message was queued for sending (replacing a volatile message
+    /// not sent yet), `false` if it was dropped (the socket is closed).
     #[inline]
     pub fn emit_volatile(&self, msg: impl Into<Str>) -> bool {
         self.send_volatile(smallvec![Packet::Message(msg.into())])
@@ -561,7 +565,11 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        if self.is_closed() {
+            return false;
+        }
+        self.volatile.put(packets);
+        true
     }
 }
 
@@ -572,9 +580,8 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("protocol", &self.protocol)
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
-            .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_rx", &self.heartbeat_rx)
-            .field("heartbeat_tx", &self.heartbeat_tx)
+            .field("queue", &self.queue)
+            .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
             .finish()
@@ -621,23 +628,18 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
-        let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         let sock = Self {
             id: sid,
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
-            internal_tx,
+            internal_rx: Mutex::new(InternalRx::default()),
+            queue: SendQueue::new(buffer_size),
 
-            volatile_tx,
+            volatile: VolatileSlot::default(),
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
             close_fn,
 
@@ -648,11 +650,11 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
-            let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
-            while let Some(packets) = internal_rx.buffered_rx.recv().await {
+            let _receiving = sock_clone.internal_rx.try_lock().unwrap();
+            while let Some(packets) = sock_clone.queue.recv().await {
                 for packet in packets {
                     tx.send(packet).await.unwrap();
                 }
@@ -660,5 +662,105 @@ where
         });
 
         (sock, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn message(text: &'static str) -> PacketBuf {
+        smallvec![Packet::Message(Str::from(text))]
+    }
+
+    #[tokio::test]
+    async fn the_volatile_slot_keeps_the_latest_until_it_is_taken() {
+        let slot = VolatileSlot::default();
+        slot.put(message("dropped"));
+        slot.put(message("kept"));
+        let taken = tokio::time::timeout(TIMEOUT, slot.next()).await.unwrap();
+        assert_eq!(taken, message("kept"));
+        // Taken once: the next wait waits, though a second signal is left over.
+        let again = tokio::time::timeout(Duration::from_millis(20), slot.next()).await;
+        assert!(again.is_err(), "nothing should be left: {again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_volatile_put_wakes_the_transport_waiting_for_it() {
+        let slot = Arc::new(VolatileSlot::default());
+        let waiting = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.next().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        slot.put(message("late"));
+        let taken = tokio::time::timeout(TIMEOUT, waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(taken, message("late"));
+    }
+
+    /// A v4 socket whose closes are reported on the returned channel.
+    fn watched_socket() -> (
+        Arc<Socket<()>>,
+        tokio::sync::mpsc::UnboundedReceiver<DisconnectReason>,
+    ) {
+        let (closes, closed) = tokio::sync::mpsc::unbounded_channel();
+        let socket = Socket::<()>::new(
+            ProtocolVersion::V4,
+            TransportType::Websocket,
+            &EngineIoConfig::default(),
+            http::Request::<()>::default().into_parts().0,
+            Box::new(move |_, reason| {
+                closes.send(reason).ok();
+            }),
+            false,
+        );
+        (Arc::new(socket), closed)
+    }
+
+    const INTERVAL: Duration = Duration::from_millis(100);
+    const PONG_WITHIN: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn the_heartbeat_takes_each_pong_and_closes_when_one_is_missing() {
+        let (socket, mut closed) = watched_socket();
+        tokio::spawn(socket.clone().heartbeat(INTERVAL, PONG_WITHIN));
+        for _ in 0..3 {
+            let ping = tokio::time::timeout(TIMEOUT, socket.queue.recv()).await;
+            assert_eq!(ping.unwrap(), Some(smallvec![Packet::Ping]));
+            socket.heartbeat.notify_one();
+        }
+        assert!(closed.try_recv().is_err(), "every ping had its pong");
+        let ping = tokio::time::timeout(TIMEOUT, socket.queue.recv()).await;
+        assert_eq!(ping.unwrap(), Some(smallvec![Packet::Ping]));
+        let reason = tokio::time::timeout(TIMEOUT, closed.recv()).await.unwrap();
+        assert_eq!(reason, Some(DisconnectReason::HeartbeatTimeout));
+    }
+
+    #[tokio::test]
+    async fn a_pong_before_the_first_ping_answers_nothing() {
+        let (socket, mut closed) = watched_socket();
+        socket.heartbeat.notify_one();
+        tokio::spawn(socket.clone().heartbeat(INTERVAL, PONG_WITHIN));
+        let ping = tokio::time::timeout(TIMEOUT, socket.queue.recv()).await;
+        assert_eq!(ping.unwrap(), Some(smallvec![Packet::Ping]));
+        let reason = tokio::time::timeout(TIMEOUT, closed.recv()).await.unwrap();
+        assert_eq!(reason, Some(DisconnectReason::HeartbeatTimeout));
+    }
+
+    #[test]
+    fn a_closed_socket_takes_no_volatile_message() {
+        let (socket, _closed) = watched_socket();
+        assert!(socket.emit_volatile("open"));
+        socket.queue.close();
+        assert!(!socket.emit_volatile("closed"));
+        assert_eq!(socket.volatile.lock().take(), Some(message("open")));
     }
 }

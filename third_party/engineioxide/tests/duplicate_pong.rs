@@ -1,4 +1,4 @@
-//! The heartbeat channel holds a single pong. A second one received before the heartbeat job
+//! The heartbeat signal holds a single pong. A second one received before the heartbeat job
 //! consumes the first one must not be reported as a heartbeat timeout: the client is alive.
 
 use std::{sync::Arc, time::Duration};

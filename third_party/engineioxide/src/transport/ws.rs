@@ -27,7 +27,7 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -266,8 +266,8 @@ where
                     break;
                 }
                 Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
+                    // A signal already waiting means the client is already known to be alive.
+                    socket.heartbeat.notify_one();
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
@@ -311,7 +311,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
     let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
+    let Some(_receiving) = lock
         .with_cancellation_token(&socket.cancellation_token)
         .await
     else {
@@ -319,11 +319,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
     // This future lives as long as the connection: waiting and writing are two states of
@@ -331,23 +326,17 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     loop {
         let (packets, drain) = tokio::select! {
             biased;
-            items = buffered_rx.recv() => {
+            items = socket.queue.recv() => {
                 match items {
                     Some(packets) => (packets, true),
                     None => break
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                match val {
-                    Some(packets) => {
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                        (packets, false)
-                    }
-                    None => continue,
-                }
+            packets = socket.volatile.next() => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
+                (packets, false)
             },
         };
 
@@ -358,7 +347,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 feed_packet(&mut tx, item, socket.protocol, socket.id).await;
             }
             next = if drain {
-                buffered_rx.try_recv().ok()
+                socket.queue.try_recv().ok()
             } else {
                 None
             };
@@ -473,10 +462,11 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
+    // Past the queue's capacity if it must: a full queue would leave the upgrade waiting
+    // for room that emits from other tasks can take first.
     socket
-        .internal_tx
-        .send(smallvec![Packet::Noop])
-        .await
+        .queue
+        .push_control(smallvec![Packet::Noop])
         .map_err(|_| Error::Upgrade)?;
 
     // wait for any current polling connection to finish by waiting for the socket to be unlocked
