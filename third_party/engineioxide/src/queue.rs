@@ -14,15 +14,11 @@
 //! the channel's receiver was held behind that lock.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
-use tokio_util::sync::ReusableBoxFuture;
 
 pub(crate) struct SendQueue<T> {
     state: Mutex<State<T>>,
@@ -231,39 +227,12 @@ impl<T> Drop for QueuePermit<'_, T> {
     }
 }
 
-/// A [`SendQueue`]'s items as a [`Stream`](futures_core::Stream), for a receiver that
-/// holds the queue by reference.
-pub(crate) struct QueueStream<'a, T> {
-    queue: &'a SendQueue<T>,
-    next: ReusableBoxFuture<'a, Option<T>>,
-}
-
-impl<'a, T: Send + 'a> QueueStream<'a, T> {
-    pub(crate) fn new(queue: &'a SendQueue<T>) -> Self {
-        Self {
-            queue,
-            next: ReusableBoxFuture::new(queue.recv()),
-        }
-    }
-}
-
-impl<'a, T: Send + 'a> futures_core::Stream for QueueStream<'a, T> {
-    type Item = T;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let item = std::task::ready!(Pin::new(&mut self.next).poll(cx));
-        let queue = self.queue;
-        self.next.set(queue.recv());
-        Poll::Ready(item)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use futures_util::{FutureExt, StreamExt};
+    use futures_util::FutureExt;
 
     use super::*;
 
@@ -413,34 +382,5 @@ mod tests {
         queue.try_send("kept").unwrap();
         drop(waiting);
         assert_eq!(queue.recv().now_or_never(), Some(Some("kept")));
-    }
-
-    #[tokio::test]
-    async fn the_stream_yields_every_item_then_ends() {
-        let queue = SendQueue::new(4);
-        queue.try_send(1).unwrap();
-        queue.try_send(2).unwrap();
-        queue.close();
-        let items: Vec<_> = QueueStream::new(&queue).collect().await;
-        assert_eq!(items, [1, 2]);
-    }
-
-    #[tokio::test]
-    async fn the_stream_polled_once_without_waiting_still_wakes_later() {
-        // The polling encoder first looks without waiting, then waits.
-        let queue = Arc::new(SendQueue::new(4));
-        let reader = tokio::spawn({
-            let queue = queue.clone();
-            async move {
-                let mut stream = QueueStream::new(&*queue);
-                assert!(stream.next().now_or_never().is_none());
-                stream.next().await
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!reader.is_finished());
-        queue.try_send(7).unwrap();
-        let item = tokio::time::timeout(TIMEOUT, reader).await.unwrap();
-        assert_eq!(item.unwrap(), Some(7));
     }
 }

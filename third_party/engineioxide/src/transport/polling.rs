@@ -9,10 +9,10 @@ use http_body::Body;
 use http_body_util::Full;
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, ProtocolVersion, Sid, TransportType};
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, TransportType};
 
 use crate::{
-    DisconnectReason, body::ResponseBody, engine::EngineIo, errors::Error,
+    DisconnectReason, Socket, body::ResponseBody, engine::EngineIo, errors::Error,
     handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
 };
 
@@ -121,10 +121,7 @@ where
 
         // Prepend the packet peeked during the previous
         // polling request so it is encoded first, ahead of the newly received packets.
-        let rx_stream = stream::iter(peeked_packet.take()).chain(rx_stream::EncoderStream::new(
-            &socket.queue,
-            &socket.volatile,
-        ));
+        let rx_stream = stream::iter(peeked_packet.take()).chain(outgoing(&socket));
 
         // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
         // towards the encoder completion, so any buffered close packet is still flushed to the client.
@@ -218,76 +215,77 @@ where
     Ok(http_response(StatusCode::OK, "ok", false))
 }
 
-mod rx_stream {
-    use std::{
-        pin::Pin,
-        task::{Context, Poll, ready},
-    };
+/// What a polling request sends, for the holder of the socket's `internal_rx` lock: the
+/// queued packets first, then the latest volatile message, the same order as the ws writer;
+/// it ends when the queue is closed and drained.
+fn outgoing<D>(socket: &Socket<D>) -> impl futures_core::Stream<Item = PacketBuf> + '_
+where
+    D: Default + Send + Sync + 'static,
+{
+    stream::unfold(socket, |socket| async move {
+        let packets = tokio::select! {
+            biased;
+            packets = socket.queue.recv() => packets?,
+            packets = socket.volatile.next() => packets,
+        };
+        Some((packets, socket))
+    })
+}
 
-    use engineioxide_core::PacketBuf;
-    use futures_core::Stream;
-    use pin_project_lite::pin_project;
-    use tokio_util::sync::ReusableBoxFuture;
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
 
-    use crate::queue::{QueueStream, SendQueue};
-    use crate::socket::VolatileSlot;
+    use futures_util::FutureExt;
+    use smallvec::smallvec;
 
-    /// Waits on a [`VolatileSlot`] as a [`Stream`] of what is put in it.
-    pub struct VolatileStream<'a> {
-        slot: &'a VolatileSlot,
-        next: ReusableBoxFuture<'a, PacketBuf>,
+    use super::*;
+    use crate::config::EngineIoConfig;
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    fn socket() -> Arc<Socket<()>> {
+        Arc::new(Socket::new(
+            ProtocolVersion::V4,
+            TransportType::Polling,
+            &EngineIoConfig::default(),
+            Request::<()>::default().into_parts().0,
+            Box::new(|_, _| ()),
+            false,
+        ))
     }
 
-    impl<'a> VolatileStream<'a> {
-        pub fn new(slot: &'a VolatileSlot) -> Self {
-            Self {
-                slot,
-                next: ReusableBoxFuture::new(slot.next()),
+    fn message(text: &'static str) -> PacketBuf {
+        smallvec![Packet::Message(text.into())]
+    }
+
+    #[tokio::test]
+    async fn queued_packets_go_before_the_volatile_one_and_the_end_follows_the_close() {
+        let socket = socket();
+        assert!(socket.emit_volatile("volatile"));
+        socket.emit("first").unwrap();
+        socket.emit("second").unwrap();
+        socket.queue.close();
+        let sent: Vec<_> = outgoing(&socket).collect().await;
+        assert_eq!(sent, [message("first"), message("second")]);
+    }
+
+    #[tokio::test]
+    async fn a_look_without_waiting_still_wakes_for_the_next_packet() {
+        // The payload encoder first looks without waiting, then waits.
+        let socket = socket();
+        let reader = tokio::spawn({
+            let socket = socket.clone();
+            async move {
+                let mut sent = std::pin::pin!(outgoing(&socket));
+                assert!(sent.next().now_or_never().is_none());
+                sent.next().await
             }
-        }
-    }
-
-    impl Stream for VolatileStream<'_> {
-        type Item = PacketBuf;
-
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            let packets = ready!(self.next.poll(cx));
-            let slot = self.slot;
-            self.next.set(slot.next());
-            Poll::Ready(Some(packets))
-        }
-    }
-
-    pin_project! {
-        /// Combines a [`VolatileStream`] and a [`QueueStream`] into a single [`Stream`].
-        pub struct EncoderStream<'a> {
-            #[pin]
-            volatile: VolatileStream<'a>,
-            #[pin]
-            rx: QueueStream<'a, PacketBuf>,
-        }
-    }
-
-    impl<'a> EncoderStream<'a> {
-        pub fn new(queue: &'a SendQueue<PacketBuf>, volatile: &'a VolatileSlot) -> Self {
-            Self {
-                rx: QueueStream::new(queue),
-                volatile: VolatileStream::new(volatile),
-            }
-        }
-    }
-
-    impl Stream for EncoderStream<'_> {
-        type Item = PacketBuf;
-
-        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            let this = self.project();
-            // low priority: poll the rx stream first, then the volatile stream.
-            // same than with ws transport
-            match this.rx.poll_next(cx) {
-                Poll::Ready(v) => Poll::Ready(v),
-                Poll::Pending => this.volatile.poll_next(cx),
-            }
-        }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!reader.is_finished());
+        socket.emit("late").unwrap();
+        let packets = tokio::time::timeout(TIMEOUT, reader).await.unwrap();
+        assert_eq!(packets.unwrap(), Some(message("late")));
     }
 }
