@@ -577,6 +577,7 @@ fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> 
         },
     ];
     const PG: &str = "Belfry on PostgreSQL";
+    const X3: &str = "Belfry, 3 nodes";
     let targets = [
         Target::limit(
             "at most 8 KB of hub memory per idle connection, and at most half the peer's",
@@ -661,6 +662,30 @@ fn write_report(results: &Results, out: &std::path::Path) -> anyhow::Result<()> 
             20.0,
         )
         .on(PG),
+        Target::shown(
+            "one node on PostgreSQL: one publish to 10,000, the time until all have it",
+            "fanout",
+            "one publish: time until all 10000 have it (median of 5)",
+        )
+        .on(PG),
+        Target::shown(
+            "three nodes: one publish to 10,000 (sent to node 1, subscribers on all three), the time until all have it",
+            "fanout",
+            "one publish: time until all 10000 have it (median of 5)",
+        )
+        .on(X3),
+        Target::shown(
+            "three nodes: targeted p99 at 2,000/s, every delivery crossing nodes (one node: the PostgreSQL row above)",
+            "targeted",
+            "2000/s: p99 latency",
+        )
+        .on(X3),
+        Target::shown(
+            "three nodes: targeted saturation, every delivery crossing nodes",
+            "targeted",
+            "saturation: accepted publishes per second",
+        )
+        .on(X3),
         Target::limit(
             "all 10K clients back within 10 s of a restart",
             "storm",

@@ -250,7 +250,7 @@ pub fn markdown(
     let _ = writeln!(md, "## How to run it\n");
     let _ = writeln!(
         md,
-        "```sh\nmake bench        # the full suite (about 25 minutes here), rewrites this page\n\
+        "```sh\nmake bench        # the full suite (about 20 minutes here), rewrites this page\n\
          make bench-quick  # every scenario at CI sizes (in make test)\n\
          target/release/belfry-bench report  # this page again from docs/bench/results.json (after editing bench/NOTES.md)\n\
          target/release/belfry-bench <scenario> [--against belfry,node,belfry-pg,belfry-x3] [--target http://host:port] [--quick]\n```\n"

@@ -2,6 +2,9 @@
 //! user each, open loop at fixed rates (each publish is timed from when it was due, so a
 //! system that falls behind pays for the queue), then closed loop as fast as it answers:
 //! accepted (for Belfry: durably stored) publishes per second at saturation.
+//!
+//! On several nodes every publish goes to the first node and only to users connected to
+//! another one, so every delivery crosses nodes (through the shared store's feed).
 
 use super::{CpuSpan, Fleet, Signer, room_for, wait_for};
 use belfry_bench::latency::{self, Latencies};
@@ -37,8 +40,37 @@ const S: &str = "targeted";
 /// descriptors at 5,000/s).
 const MAX_IN_FLIGHT: usize = 1_000;
 
-fn body(users: usize, due: u64) -> serde_json::Value {
-    let user = rand::thread_rng().gen_range(0..users);
+/// The users a publish may go to: user `tgt{u}` is connection `u` of the fleet, on node
+/// `u % nodes`, and publishes go to node 0. With one node, every user; with several,
+/// only those on the other nodes.
+#[derive(Debug, Clone, Copy)]
+struct Recipients {
+    users: usize,
+    nodes: usize,
+}
+
+impl Recipients {
+    fn of(system: &System, users: usize) -> Recipients {
+        Recipients {
+            users,
+            nodes: system.addrs().len().max(1),
+        }
+    }
+
+    fn pick(self, rng: &mut impl Rng) -> usize {
+        if self.nodes == 1 {
+            return rng.gen_range(0..self.users);
+        }
+        // The `k`th user not on node 0: `k / (nodes - 1)` whole rounds of the nodes, then
+        // one of the others within the round.
+        let remote = self.users - self.users.div_ceil(self.nodes);
+        let k = rng.gen_range(0..remote.max(1));
+        k / (self.nodes - 1) * self.nodes + 1 + k % (self.nodes - 1)
+    }
+}
+
+fn body(to: Recipients, due: u64) -> serde_json::Value {
+    let user = to.pick(&mut rand::thread_rng());
     json!({"to": [format!("user:tgt{user}")], "title": latency::title(due), "body": "x".repeat(100)})
 }
 
@@ -55,12 +87,32 @@ pub async fn run(
     let mut pool = Pool::measuring(latencies.clone());
     fleet.grow(&mut pool, n, 2_000).await?;
     let publisher = system.publisher();
+    let to = Recipients::of(system, n);
+    if to.nodes > 1 {
+        out.note(
+            S,
+            format!(
+                "every publish to node 1 of {}, each to a user connected to another node: \
+                 every delivery crosses nodes",
+                to.nodes
+            ),
+        );
+    }
     for &rate in &sizes.rates {
         latencies.reset();
-        open_loop(system, &publisher, &latencies, n, rate, sizes.duration, out).await?;
+        open_loop(
+            system,
+            &publisher,
+            &latencies,
+            to,
+            rate,
+            sizes.duration,
+            out,
+        )
+        .await?;
     }
     latencies.reset();
-    saturate(system, &publisher, &latencies, n, sizes, out).await?;
+    saturate(system, &publisher, &latencies, to, sizes, out).await?;
     pool.stop().await;
     Ok(())
 }
@@ -69,7 +121,7 @@ async fn open_loop(
     system: &System,
     publisher: &Publisher,
     latencies: &Latencies,
-    users: usize,
+    to: Recipients,
     rate: u32,
     duration: Duration,
     out: &mut Outcome,
@@ -97,7 +149,7 @@ async fn open_loop(
         }
         let due = first_due + offset.as_micros() as u64;
         let p = publisher.clone();
-        let b = body(users, due);
+        let b = body(to, due);
         inflight.spawn(async move { p.try_publish(b).await });
     }
     while let Some(r) = inflight.join_next().await {
@@ -192,7 +244,7 @@ async fn saturate(
     system: &System,
     publisher: &Publisher,
     latencies: &Latencies,
-    users: usize,
+    to: Recipients,
     sizes: &Targeted,
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
@@ -206,7 +258,7 @@ async fn saturate(
         let (p, ok, refused) = (publisher.clone(), ok.clone(), refused.clone());
         workers.spawn(async move {
             while Instant::now() < deadline {
-                match p.try_publish(body(users, latency::now_micros())).await {
+                match p.try_publish(body(to, latency::now_micros())).await {
                     Ok(_) => ok.fetch_add(1, Relaxed),
                     Err(_) => refused.fetch_add(1, Relaxed),
                 };
@@ -253,4 +305,28 @@ async fn saturate(
         ),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_several_nodes_every_recipient_is_on_another_node_and_each_is_reached() {
+        let mut rng = rand::thread_rng();
+        for (users, nodes) in [(10, 1), (10, 3), (9, 3), (11, 3), (100, 6), (2, 2)] {
+            let to = Recipients { users, nodes };
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..20_000 {
+                let u = to.pick(&mut rng);
+                assert!(u < users, "{u} of {users}");
+                if nodes > 1 {
+                    assert_ne!(u % nodes, 0, "user {u} is on node 0 of {nodes}");
+                }
+                seen.insert(u);
+            }
+            let expected = (0..users).filter(|u| nodes == 1 || u % nodes != 0).count();
+            assert_eq!(seen.len(), expected, "{users} users on {nodes} nodes");
+        }
+    }
 }
