@@ -50,11 +50,14 @@ struct Recipients {
 }
 
 impl Recipients {
-    fn of(system: &System, users: usize) -> Recipients {
-        Recipients {
-            users,
-            nodes: system.addrs().len().max(1),
-        }
+    /// Fails on several nodes with fewer than two users: nobody would be on another node.
+    fn of(system: &System, users: usize) -> anyhow::Result<Recipients> {
+        let nodes = system.addrs().len().max(1);
+        anyhow::ensure!(
+            nodes == 1 || users >= 2,
+            "{users} subscribers on {nodes} nodes: none on a node other than the one published to"
+        );
+        Ok(Recipients { users, nodes })
     }
 
     fn pick(self, rng: &mut impl Rng) -> usize {
@@ -87,7 +90,7 @@ pub async fn run(
     let mut pool = Pool::measuring(latencies.clone());
     fleet.grow(&mut pool, n, 2_000).await?;
     let publisher = system.publisher();
-    let to = Recipients::of(system, n);
+    let to = Recipients::of(system, n)?;
     if to.nodes > 1 {
         out.note(
             S,
