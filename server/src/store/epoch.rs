@@ -12,9 +12,11 @@
 
 use super::StoreError;
 use super::db::{Conn, on};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 /// An epoch as this node took it up.
@@ -77,6 +79,12 @@ pub(super) async fn renew(conn: &mut Conn<'_>, old: &str) -> Result<String, Stor
     })
 }
 
+/// The size of each of the mark's two slots. A note writes `<epoch> <head> <number>
+/// <checksum>` into the slot the note before did not use, padded to this size, so that a
+/// write a crash cut short leaves the other slot whole; the valid slot with the higher
+/// number is the mark.
+const SLOT: usize = 96;
+
 /// The mark in the data dir: the epoch and the highest id this hub handed out in it.
 #[derive(Debug)]
 pub(super) struct Mark {
@@ -84,6 +92,10 @@ pub(super) struct Mark {
     epoch: Current,
     /// Whether writing it failed already (said once, not at every commit).
     failing: AtomicBool,
+    /// The mark's file, open once written to, and the number of the next note. Written in
+    /// place: a new file renamed over the old one after every batch cost the hub an
+    /// inode allocated and freed per batch (bench/NOTES.md, PostgreSQL).
+    file: Mutex<Option<(File, u64)>>,
 }
 
 impl Mark {
@@ -93,6 +105,7 @@ impl Mark {
             path: data_dir.join(MARK_FILE),
             epoch,
             failing: AtomicBool::new(false),
+            file: Mutex::new(None),
         }
     }
 
@@ -103,21 +116,18 @@ impl Mark {
 
     /// What the mark says: the epoch and the head, if it says anything readable.
     pub(super) fn read(data_dir: &Path) -> Option<(String, u64)> {
-        let text = std::fs::read_to_string(data_dir.join(MARK_FILE)).ok()?;
-        let (epoch, head) = text.trim().split_once(' ')?;
-        Some((epoch.to_owned(), head.parse().ok()?))
+        let bytes = std::fs::read(data_dir.join(MARK_FILE)).ok()?;
+        read_marked(&bytes).map(|(epoch, head, _)| (epoch, head))
     }
 
-    /// Records that ids up to `head` were handed out: written aside, then renamed over
-    /// the mark, so a crash leaves the old mark or the new one, never an empty file. Not
-    /// synced to disk: what matters is a restore made while the hub is stopped, after it
-    /// wrote this. (Some forty bytes, after each batch of commits: small enough for the
-    /// writer's task.)
+    /// Records that ids up to `head` were handed out, in the slot the note before did not
+    /// use, so a crash leaves the old mark or the new one, never none. Not synced to disk:
+    /// what matters is a restore made while the hub is stopped, after it wrote this. (One
+    /// write of [`SLOT`] bytes into a file kept open, after each batch of commits: small
+    /// enough for the writer's task.)
     pub(super) fn note(&self, head: u64) {
-        let aside = self.path.with_extension("new");
         let epoch = self.epoch.borrow().id.clone();
-        let written = std::fs::write(&aside, format!("{epoch} {head}\n"))
-            .and_then(|()| std::fs::rename(&aside, &self.path));
+        let written = self.write(&epoch, head);
         match written {
             Ok(()) => self.failing.store(false, Relaxed),
             Err(e) if !self.failing.swap(true, Relaxed) => {
@@ -126,6 +136,87 @@ impl Mark {
             Err(_) => {}
         }
     }
+
+    fn write(&self, epoch: &str, head: u64) -> std::io::Result<()> {
+        let mut open = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let (file, number) = match &mut *open {
+            Some(open) => open,
+            None => {
+                let file = File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&self.path)?;
+                // Numbered on from what the file holds, so that the newest note stays the
+                // one with the highest number (a mark of the old format counts as 0).
+                let mut held = Vec::new();
+                std::io::Read::read_to_end(&mut &file, &mut held)?;
+                let next = read_marked(&held).map_or(0, |(_, _, n)| n + 1);
+                open.insert((file, next))
+            }
+        };
+        let slot = slot_text(epoch, head, *number).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "the epoch is too long")
+        })?;
+        let at = (*number % 2) * SLOT as u64;
+        match file.write_all_at(slot.as_bytes(), at) {
+            Ok(()) => {
+                *number += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // Opened again at the next note, in case the file was replaced.
+                *open = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A slot of the mark: `<epoch> <head> <number> <checksum>`, padded with spaces to [`SLOT`]
+/// bytes, the last a newline; `None` if it does not fit.
+fn slot_text(epoch: &str, head: u64, number: u64) -> Option<String> {
+    let fields = format!("{epoch} {head} {number}");
+    let mut text = format!("{fields} {:016x}", checksum(&fields));
+    if text.len() >= SLOT || epoch.contains(char::is_whitespace) {
+        return None;
+    }
+    text.extend(std::iter::repeat_n(' ', SLOT - 1 - text.len()));
+    text.push('\n');
+    Some(text)
+}
+
+/// The newest valid slot of a mark's bytes: its epoch, head and number. A mark of the
+/// format before the slots (`<epoch> <head>` alone, once renamed into place) still reads,
+/// as number 0, when no slot is valid.
+fn read_marked(bytes: &[u8]) -> Option<(String, u64, u64)> {
+    let slot = |text: &str| {
+        let mut parts = text.split_ascii_whitespace();
+        let (epoch, head, number, sum) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let fields = format!("{epoch} {head} {number}");
+        (parts.next().is_none() && format!("{:016x}", checksum(&fields)) == sum)
+            .then(|| Some((epoch.to_owned(), head.parse().ok()?, number.parse().ok()?)))
+            .flatten()
+    };
+    let newest = bytes
+        .chunks(SLOT)
+        .take(2)
+        .filter_map(|chunk| std::str::from_utf8(chunk).ok().and_then(slot))
+        .max_by_key(|&(_, _, number)| number);
+    newest.or_else(|| {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (epoch, head) = text.trim().split_once(' ')?;
+        Some((epoch.to_owned(), head.parse().ok()?, 0))
+    })
+}
+
+/// FNV-1a, 64 bits: enough to tell a slot a crash cut short from a whole one.
+fn checksum(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The epoch the store opens in: its own, or a new one if the mark in `data_dir` shows
@@ -176,5 +267,42 @@ mod tests {
         assert_eq!(Mark::read(dir.path()), Some(("e1".to_owned(), 41)));
         std::fs::write(dir.path().join(MARK_FILE), "garbled").expect("write");
         assert_eq!(Mark::read(dir.path()), None);
+    }
+
+    #[test]
+    fn the_mark_is_written_in_place_and_a_torn_slot_leaves_the_note_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(MARK_FILE);
+        // A mark of the format before the slots reads, and the notes number on from it.
+        std::fs::write(&path, "e1 7\n").expect("write");
+        assert_eq!(Mark::read(dir.path()), Some(("e1".to_owned(), 7)));
+        let mark = Mark::new(dir.path(), current_as("e1", 0));
+        for head in [8, 9, 10] {
+            mark.note(head);
+            assert_eq!(Mark::read(dir.path()), Some(("e1".to_owned(), head)));
+        }
+        let bytes = std::fs::read(&path).expect("read");
+        assert_eq!(bytes.len(), 2 * SLOT, "two slots, no file beside them");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+
+        // A crash in the middle of the next note: that slot is torn, the other holds 10.
+        let (_, _, last) = read_marked(&bytes).expect("marked");
+        let torn_at = ((last + 1) % 2) as usize * SLOT;
+        let mut torn = bytes.clone();
+        torn[torn_at..torn_at + 10].copy_from_slice(b"e1 11 9999");
+        std::fs::write(&path, &torn).expect("write");
+        assert_eq!(Mark::read(dir.path()), Some(("e1".to_owned(), 10)));
+
+        // A hub started on it writes on from there, the epoch changed included.
+        let mark = Mark::new(dir.path(), current_as("e2", 0));
+        mark.note(3);
+        assert_eq!(Mark::read(dir.path()), Some(("e2".to_owned(), 3)));
+        mark.note(4);
+        assert_eq!(Mark::read(dir.path()), Some(("e2".to_owned(), 4)));
+
+        // An epoch that does not fit a slot is refused, not written over the other slot.
+        assert_eq!(slot_text(&"x".repeat(SLOT), 1, 1), None);
+        assert_eq!(slot_text("a b", 1, 1), None);
+        assert_eq!(slot_text("e", 1, 1).map(|s| s.len()), Some(SLOT));
     }
 }
