@@ -139,6 +139,13 @@ impl Mark {
 
     fn write(&self, epoch: &str, head: u64) -> std::io::Result<()> {
         let mut open = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        // A mark deleted or replaced while the hub runs is written again at the next note,
+        // not into the file that was taken away (one stat per note).
+        if let Some((file, _)) = &*open
+            && !same_file(file, &self.path)
+        {
+            *open = None;
+        }
         let (file, number) = match &mut *open {
             Some(open) => open,
             None => {
@@ -152,7 +159,9 @@ impl Mark {
                 // one with the highest number (a mark of the old format counts as 0).
                 let mut held = Vec::new();
                 std::io::Read::read_to_end(&mut &file, &mut held)?;
-                let next = read_marked(&held).map_or(0, |(_, _, n)| n + 1);
+                let next = read_marked(&held)
+                    .and_then(|(_, _, n)| n.checked_add(1))
+                    .unwrap_or(0);
                 open.insert((file, next))
             }
         };
@@ -166,11 +175,20 @@ impl Mark {
                 Ok(())
             }
             Err(e) => {
-                // Opened again at the next note, in case the file was replaced.
+                // Opened again at the next note.
                 *open = None;
                 Err(e)
             }
         }
+    }
+}
+
+/// Whether `path` is still the file `file` has open.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 
@@ -205,10 +223,17 @@ fn read_marked(bytes: &[u8]) -> Option<(String, u64, u64)> {
         .take(2)
         .filter_map(|chunk| std::str::from_utf8(chunk).ok().and_then(slot))
         .max_by_key(|&(_, _, number)| number);
+    // The old format is one line; what follows it (a slot of the new one, cut short by a
+    // crash during the first note after an upgrade) does not hide it.
     newest.or_else(|| {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let (epoch, head) = text.trim().split_once(' ')?;
-        Some((epoch.to_owned(), head.parse().ok()?, 0))
+        let line = bytes.split(|&b| b == b'\n').next()?;
+        let mut parts = std::str::from_utf8(line).ok()?.split_ascii_whitespace();
+        let (epoch, head) = (parts.next()?, parts.next()?);
+        parts
+            .next()
+            .is_none()
+            .then(|| Some((epoch.to_owned(), head.parse().ok()?, 0)))
+            .flatten()
     })
 }
 
@@ -299,6 +324,20 @@ mod tests {
         assert_eq!(Mark::read(dir.path()), Some(("e2".to_owned(), 3)));
         mark.note(4);
         assert_eq!(Mark::read(dir.path()), Some(("e2".to_owned(), 4)));
+
+        // Deleted, or replaced by another file, while the hub runs: written again.
+        std::fs::remove_file(&path).expect("remove");
+        mark.note(5);
+        assert_eq!(Mark::read(dir.path()), Some(("e2".to_owned(), 5)));
+        std::fs::write(&path, "e2 1\n").expect("replace");
+        mark.note(6);
+        assert_eq!(Mark::read(dir.path()), Some(("e2".to_owned(), 6)));
+
+        // The first note after an upgrade, cut short: the old one-line mark still reads.
+        let mut upgraded = b"e1 7\n".to_vec();
+        upgraded.resize(SLOT, 0);
+        upgraded.extend_from_slice(b"e1 8 1 00");
+        assert_eq!(read_marked(&upgraded), Some(("e1".to_owned(), 7, 0)));
 
         // An epoch that does not fit a slot is refused, not written over the other slot.
         assert_eq!(slot_text(&"x".repeat(SLOT), 1, 1), None);
