@@ -95,7 +95,17 @@ pub(super) struct Mark {
     /// The mark's file, open once written to, and the number of the next note. Written in
     /// place: a new file renamed over the old one after every batch cost the hub an
     /// inode allocated and freed per batch (bench/NOTES.md, PostgreSQL).
-    file: Mutex<Option<(File, u64)>>,
+    file: Mutex<Option<Open>>,
+}
+
+/// The mark's file as a [`Mark`] holds it open.
+#[derive(Debug)]
+struct Open {
+    file: File,
+    /// Its device and inode, to notice the path naming another file.
+    id: (u64, u64),
+    /// The number of the next note.
+    number: u64,
 }
 
 impl Mark {
@@ -141,13 +151,13 @@ impl Mark {
         let mut open = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         // A mark deleted or replaced while the hub runs is written again at the next note,
         // not into the file that was taken away (one stat per note).
-        if let Some((file, _)) = &*open
-            && !same_file(file, &self.path)
+        if let Some(held) = &*open
+            && file_id(&self.path).ok() != Some(held.id)
         {
             *open = None;
         }
-        let (file, number) = match &mut *open {
-            Some(open) => open,
+        let Open { file, number, .. } = match &mut *open {
+            Some(held) => held,
             None => {
                 let file = File::options()
                     .read(true)
@@ -157,12 +167,13 @@ impl Mark {
                     .open(&self.path)?;
                 // Numbered on from what the file holds, so that the newest note stays the
                 // one with the highest number (a mark of the old format counts as 0).
-                let mut held = Vec::new();
-                std::io::Read::read_to_end(&mut &file, &mut held)?;
-                let next = read_marked(&held)
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut &file, &mut bytes)?;
+                let number = read_marked(&bytes)
                     .and_then(|(_, _, n)| n.checked_add(1))
                     .unwrap_or(0);
-                open.insert((file, next))
+                let id = file_id_of(&file.metadata()?);
+                open.insert(Open { file, id, number })
             }
         };
         let slot = slot_text(epoch, head, *number).ok_or_else(|| {
@@ -183,13 +194,14 @@ impl Mark {
     }
 }
 
-/// Whether `path` is still the file `file` has open.
-fn same_file(file: &File, path: &Path) -> bool {
+/// The device and inode of the file `path` names.
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    Ok(file_id_of(&std::fs::metadata(path)?))
+}
+
+fn file_id_of(meta: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
-        _ => false,
-    }
+    (meta.dev(), meta.ino())
 }
 
 /// A slot of the mark: `<epoch> <head> <number> <checksum>`, padded with spaces to [`SLOT`]
